@@ -1,0 +1,210 @@
+//! The event bus: the one interface the services use to move events (PROTOCOL.md section 2).
+//!
+//! - [`EventBus`]: publish durably with a dedup id and await the broker's confirmation; subscribe to
+//!   the live events of one account or of all; replay what is stored after a sequence.
+//! - [`NatsBus`](nats::NatsBus): NATS JetStream (async-nats). Streams are created or updated at
+//!   start-up; subscriptions are ordered consumers that survive broker restarts.
+//! - [`MemoryBus`](memory::MemoryBus): in-process, for the single-process mode: bounded, with replay
+//!   from a ring buffer, the same dedup and sequence rules.
+//!
+//! Both assign every event a sequence (`seq`): its position in the event stream, strictly
+//! increasing, the same on every subscriber.
+
+pub mod memory;
+pub mod nats;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use instantchat_event::{Event, subjects};
+use prost::Message;
+
+pub use memory::MemoryBus;
+pub use nats::NatsBus;
+
+/// W3C trace context carried in message headers, so one trace runs from webhook to socket.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TraceContext {
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
+}
+
+/// One message to publish durably.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub subject: String,
+    /// The broker's dedup key (`Nats-Msg-Id`): a redelivered webhook yields the same ids.
+    pub msg_id: String,
+    pub payload: Bytes,
+    pub trace: TraceContext,
+    /// Decoded event, kept so the in-process bus need not decode what it was just given.
+    event: Option<Arc<Event>>,
+}
+
+impl Outgoing {
+    /// A normalized event on `instantchat.events.<account>.<type>`.
+    pub fn event(event: Event, trace: TraceContext) -> Self {
+        Outgoing {
+            subject: subjects::event(&event.account_id, &event.event_type),
+            msg_id: event.id.clone(),
+            payload: Bytes::from(event.encode_to_vec()),
+            trace,
+            event: Some(Arc::new(event)),
+        }
+    }
+
+    /// A raw webhook body on the raw or rejected subject.
+    pub fn raw(subject: &'static str, msg_id: String, body: Bytes, trace: TraceContext) -> Self {
+        Outgoing {
+            subject: subject.to_owned(),
+            msg_id,
+            payload: body,
+            trace,
+            event: None,
+        }
+    }
+}
+
+/// The broker's confirmation of one published message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishAck {
+    /// Position in its stream.
+    pub seq: u64,
+    /// The broker had this dedup id already: nothing new was stored.
+    pub duplicate: bool,
+}
+
+/// One event as a subscriber receives it.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    pub seq: u64,
+    pub event: Arc<Event>,
+    pub trace: TraceContext,
+}
+
+/// Which events a subscription carries.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Interest {
+    /// Every account (`instantchat.events.>`).
+    All,
+    /// One account (`instantchat.events.<id>.>`).
+    Account(String),
+}
+
+impl Interest {
+    /// The NATS subject filter for this interest.
+    pub fn filter_subject(&self) -> String {
+        match self {
+            Interest::All => subjects::ALL_EVENTS.to_owned(),
+            Interest::Account(id) => subjects::account(id),
+        }
+    }
+
+    /// Whether `event` falls under this interest.
+    pub fn matches(&self, event: &Event) -> bool {
+        match self {
+            Interest::All => true,
+            Interest::Account(id) => *id == event.account_id,
+        }
+    }
+}
+
+/// Where a live subscription starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    /// With the next event published.
+    New,
+    /// With the first event whose seq is greater than this.
+    After(u64),
+}
+
+/// A stream of events; live subscriptions never end on their own.
+pub type EventStream = BoxStream<'static, Result<Delivered, BusError>>;
+
+/// What a replay found.
+pub struct Replay {
+    /// False when events after the requested sequence are no longer retained.
+    pub complete: bool,
+    /// The last sequence in the stream when the replay started; the replay ends there.
+    pub until_seq: u64,
+    /// The stored events after the requested sequence, in order, ending at `until_seq`.
+    pub events: EventStream,
+}
+
+impl fmt::Debug for Replay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Replay")
+            .field("complete", &self.complete)
+            .field("until_seq", &self.until_seq)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Retention and dedup settings of the streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// How long events are kept for replay.
+    pub max_age: Duration,
+    /// At most this many events are kept (0: no limit on NATS; the in-process ring needs one).
+    pub max_events: u64,
+    /// A message id seen within this window is not stored again.
+    pub dedup_window: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            max_age: Duration::from_secs(24 * 3600),
+            max_events: 1_000_000,
+            dedup_window: Duration::from_secs(2 * 3600),
+        }
+    }
+}
+
+/// What can go wrong talking to the bus.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("the broker is not connected; retry shortly")]
+    Unavailable,
+    #[error("the broker did not confirm the publish: {0}")]
+    Publish(String),
+    #[error("cannot set up stream {stream}: {reason}")]
+    Stream {
+        stream: &'static str,
+        reason: String,
+    },
+    #[error("cannot subscribe: {0}")]
+    Subscribe(String),
+    #[error("cannot connect to NATS at {url}: {reason}")]
+    Connect { url: String, reason: String },
+    #[error("event at seq {seq} cannot be decoded: {reason}")]
+    Decode { seq: u64, reason: String },
+    #[error("the subscriber fell behind and events after seq {after} are gone from the buffer")]
+    Lagged { after: u64 },
+}
+
+/// The event bus every service talks to.
+#[async_trait::async_trait]
+pub trait EventBus: Send + Sync + fmt::Debug + 'static {
+    /// Publishes every message and awaits every confirmation. `Ok` means all are stored durably
+    /// (or were already, as duplicates); on `Err` the caller must not report success.
+    async fn publish(&self, batch: Vec<Outgoing>) -> Result<Vec<PublishAck>, BusError>;
+
+    /// Live events of `interest`, from `start` on, in seq order; survives broker restarts.
+    async fn subscribe(&self, interest: Interest, start: StartAt) -> Result<EventStream, BusError>;
+
+    /// Stored events after `after` of the given accounts (`None`: all), up to the current end.
+    async fn replay(&self, accounts: Option<Vec<String>>, after: u64) -> Result<Replay, BusError>;
+
+    /// Ok when the broker is reachable and the streams exist.
+    async fn check_ready(&self) -> Result<(), BusError>;
+
+    /// Closes connections cleanly (flushes what is pending).
+    async fn close(&self);
+
+    /// `nats` or `memory`, for logs and metrics.
+    fn kind(&self) -> &'static str;
+}

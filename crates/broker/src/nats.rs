@@ -1,0 +1,427 @@
+//! NATS JetStream implementation of the [`EventBus`].
+//!
+//! - Streams `INSTANTCHAT_EVENTS` and `INSTANTCHAT_WEBHOOKS` are created or updated at start-up
+//!   (idempotent); while NATS is unreachable, set-up is retried in the background and
+//!   [`check_ready`](EventBus::check_ready) says not ready.
+//! - Publishing sends the whole batch, then awaits every PubAck; a disconnected client fails fast
+//!   so ingest can answer 503 instead of holding Meta's request.
+//! - A live subscription is an ordered pull consumer pumped by a task; when the consumer breaks
+//!   (broker restart, missed heartbeats) it is recreated after the last seq delivered, so events
+//!   published during an outage arrive afterwards, in order, once.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_nats::connection::State;
+use async_nats::jetstream::{
+    self,
+    consumer::{DeliverPolicy, pull},
+    context::PublishErrorKind,
+    message::PublishMessage,
+    stream,
+};
+use async_nats::{HeaderMap, header};
+use futures::StreamExt;
+use instantchat_event::{Event, subjects};
+use prost::Message as _;
+use tokio::sync::{mpsc, watch};
+
+use crate::{
+    BusError, Delivered, EventBus, EventStream, Interest, Outgoing, PublishAck, Replay, Retention,
+    StartAt, TraceContext,
+};
+
+/// How long a publish may wait for its PubAck.
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Buffered events per subscription before the pump waits for its reader.
+const SUBSCRIPTION_BUFFER: usize = 1024;
+
+/// NATS JetStream [`EventBus`]. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct NatsBus {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    retention: Retention,
+    /// Set once both streams exist; cleared when a publish finds a stream missing.
+    streams_ready: Arc<AtomicBool>,
+    /// Counts (re)connections. Subscriptions recreate their consumers when it moves instead of
+    /// waiting for missed heartbeats: ephemeral consumers do not outlive a server restart.
+    connections: watch::Receiver<u64>,
+}
+
+impl NatsBus {
+    /// Connects to `url` (retrying in the background while NATS is down) and makes sure the
+    /// streams exist. `name` identifies this service in NATS's monitoring.
+    pub async fn connect(url: &str, name: &str, retention: Retention) -> Result<Self, BusError> {
+        let (connected_tx, connections) = watch::channel(0u64);
+        let client = async_nats::ConnectOptions::new()
+            .name(name)
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_secs(2))
+            .max_reconnects(None)
+            .event_callback(move |event| {
+                let connected_tx = connected_tx.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Connected => {
+                            tracing::info!("connected to NATS");
+                            connected_tx.send_modify(|n| *n += 1);
+                        }
+                        async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS"),
+                        other => tracing::debug!(event = %other, "NATS connection event"),
+                    }
+                }
+            })
+            .connect(url)
+            .await
+            .map_err(|e| BusError::Connect {
+                url: url.to_owned(),
+                reason: e.to_string(),
+            })?;
+        let js = jetstream::ContextBuilder::new()
+            .timeout(ACK_TIMEOUT)
+            .build(client.clone());
+        let bus = NatsBus {
+            client,
+            js,
+            retention,
+            streams_ready: Arc::default(),
+            connections,
+        };
+        if let Err(e) = bus.ensure_streams().await {
+            tracing::warn!(error = %e, "streams not set up yet; retrying in the background");
+            let retry = bus.clone();
+            tokio::spawn(async move {
+                let mut delay = Duration::from_millis(200);
+                while let Err(e) = retry.ensure_streams().await {
+                    tracing::debug!(error = %e, "stream set-up failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            });
+        }
+        Ok(bus)
+    }
+
+    /// The underlying client, e.g. for its connection state.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    /// Creates or updates both streams with the configured retention (idempotent).
+    pub async fn ensure_streams(&self) -> Result<(), BusError> {
+        let r = self.retention;
+        let events = stream::Config {
+            name: subjects::EVENTS_STREAM.to_owned(),
+            subjects: vec![subjects::ALL_EVENTS.to_owned()],
+            max_age: r.max_age,
+            max_messages: if r.max_events == 0 {
+                -1
+            } else {
+                r.max_events as i64
+            },
+            duplicate_window: r.dedup_window,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        };
+        let webhooks = stream::Config {
+            name: subjects::WEBHOOKS_STREAM.to_owned(),
+            subjects: vec![subjects::WEBHOOKS_ALL.to_owned()],
+            max_age: r.max_age,
+            duplicate_window: r.dedup_window,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        };
+        for (name, config) in [
+            (subjects::EVENTS_STREAM, events),
+            (subjects::WEBHOOKS_STREAM, webhooks),
+        ] {
+            self.js
+                .create_or_update_stream(config)
+                .await
+                .map_err(|e| BusError::Stream {
+                    stream: name,
+                    reason: e.to_string(),
+                })?;
+        }
+        self.streams_ready.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    fn connected(&self) -> bool {
+        self.client.connection_state() == State::Connected
+    }
+
+    async fn events_stream(&self) -> Result<stream::Stream, BusError> {
+        self.js
+            .get_stream(subjects::EVENTS_STREAM)
+            .await
+            .map_err(|e| BusError::Stream {
+                stream: subjects::EVENTS_STREAM,
+                reason: e.to_string(),
+            })
+    }
+}
+
+fn headers(out: &Outgoing) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(header::NATS_MESSAGE_ID, out.msg_id.as_str());
+    if let Some(tp) = &out.trace.traceparent {
+        h.insert("traceparent", tp.as_str());
+    }
+    if let Some(ts) = &out.trace.tracestate {
+        h.insert("tracestate", ts.as_str());
+    }
+    h
+}
+
+fn decode(message: &jetstream::Message) -> Result<Delivered, BusError> {
+    let seq = message
+        .info()
+        .map_err(|e| BusError::Decode {
+            seq: 0,
+            reason: format!("no JetStream info: {e}"),
+        })?
+        .stream_sequence;
+    let event = Event::decode(message.payload.as_ref()).map_err(|e| BusError::Decode {
+        seq,
+        reason: e.to_string(),
+    })?;
+    let header = |name: &str| {
+        message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str().to_owned())
+    };
+    let trace = TraceContext {
+        traceparent: header("traceparent"),
+        tracestate: header("tracestate"),
+    };
+    Ok(Delivered {
+        seq,
+        event: Arc::new(event),
+        trace,
+    })
+}
+
+/// An ordered consumer that delivers every event of `filters` with seq > `after` (or only new).
+async fn ordered(
+    stream: &stream::Stream,
+    filters: Vec<String>,
+    start: StartAt,
+) -> Result<(pull::Ordered, u64), BusError> {
+    let deliver_policy = match start {
+        StartAt::New => DeliverPolicy::New,
+        StartAt::After(seq) => DeliverPolicy::ByStartSequence {
+            start_sequence: seq + 1,
+        },
+    };
+    let (filter_subject, filter_subjects) = match <[String; 1]>::try_from(filters) {
+        Ok([one]) => (one, Vec::new()),
+        Err(many) => (String::new(), many),
+    };
+    let mut consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subject,
+            filter_subjects,
+            deliver_policy,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| BusError::Subscribe(e.to_string()))?;
+    let pending = consumer
+        .info()
+        .await
+        .map(|i| i.num_pending)
+        .unwrap_or(u64::MAX);
+    let messages = consumer
+        .messages()
+        .await
+        .map_err(|e| BusError::Subscribe(e.to_string()))?;
+    Ok((messages, pending))
+}
+
+#[async_trait::async_trait]
+impl EventBus for NatsBus {
+    async fn publish(&self, batch: Vec<Outgoing>) -> Result<Vec<PublishAck>, BusError> {
+        if !self.connected() {
+            return Err(BusError::Unavailable);
+        }
+        let mut futures = Vec::with_capacity(batch.len());
+        for out in &batch {
+            let message = PublishMessage::build()
+                .payload(out.payload.clone())
+                .headers(headers(out));
+            let future = self
+                .js
+                .send_publish(out.subject.clone(), message)
+                .await
+                .map_err(|e| BusError::Publish(e.to_string()))?;
+            futures.push(future);
+        }
+        let mut acks = Vec::with_capacity(futures.len());
+        for result in futures::future::join_all(futures.into_iter().map(|f| f.into_future())).await
+        {
+            match result {
+                Ok(ack) => acks.push(PublishAck {
+                    seq: ack.sequence,
+                    duplicate: ack.duplicate,
+                }),
+                Err(e) => {
+                    if e.kind() == PublishErrorKind::StreamNotFound {
+                        // The server lost its streams (a fresh store): set them up again so
+                        // Meta's retry succeeds.
+                        self.streams_ready.store(false, Ordering::Release);
+                        let _ = self.ensure_streams().await;
+                    }
+                    return Err(BusError::Publish(e.to_string()));
+                }
+            }
+        }
+        Ok(acks)
+    }
+
+    async fn subscribe(&self, interest: Interest, start: StartAt) -> Result<EventStream, BusError> {
+        let stream = self.events_stream().await?;
+        let filter = interest.filter_subject();
+        let (mut messages, _) = ordered(&stream, vec![filter.clone()], start).await?;
+        let (tx, rx) = mpsc::channel(SUBSCRIPTION_BUFFER);
+        let bus = self.clone();
+        let mut connections = self.connections.clone();
+        connections.mark_unchanged();
+        tokio::spawn(async move {
+            let mut last = match start {
+                StartAt::After(seq) => Some(seq),
+                StartAt::New => None,
+            };
+            loop {
+                let item = tokio::select! {
+                    item = messages.next() => item,
+                    () = tx.closed() => return,
+                    // A new connection: the server may have restarted and lost the consumer.
+                    Ok(()) = connections.changed() => None,
+                };
+                match item {
+                    Some(Ok(message)) => {
+                        let delivered = decode(&message);
+                        if let Ok(d) = &delivered {
+                            if last.is_some_and(|l| d.seq <= l) {
+                                continue;
+                            }
+                            last = Some(d.seq);
+                        }
+                        if tx.send(delivered).await.is_err() {
+                            return;
+                        }
+                    }
+                    other => {
+                        if let Some(Err(e)) = other {
+                            tracing::warn!(error = %e, %filter, "subscription broke; recreating it");
+                        }
+                        // Recreate after what was delivered, until the broker takes it again.
+                        let start = last.map_or(StartAt::New, StartAt::After);
+                        let mut delay = Duration::from_millis(100);
+                        messages = loop {
+                            if tx.is_closed() {
+                                return;
+                            }
+                            match async {
+                                let stream = bus.events_stream().await?;
+                                ordered(&stream, vec![filter.clone()], start).await
+                            }
+                            .await
+                            {
+                                Ok((m, _)) => break m,
+                                Err(e) => {
+                                    tracing::debug!(error = %e, "resubscribe failed; retrying");
+                                    tokio::time::sleep(delay).await;
+                                    delay = (delay * 2).min(Duration::from_secs(2));
+                                }
+                            }
+                        };
+                    }
+                }
+            }
+        });
+        Ok(tokio_stream_from(rx))
+    }
+
+    async fn replay(&self, accounts: Option<Vec<String>>, after: u64) -> Result<Replay, BusError> {
+        let mut stream = self.events_stream().await?;
+        let state = stream
+            .info()
+            .await
+            .map_err(|e| BusError::Stream {
+                stream: subjects::EVENTS_STREAM,
+                reason: e.to_string(),
+            })?
+            .state
+            .clone();
+        let until_seq = state.last_sequence;
+        // Everything after `after` is still stored iff the stream's first retained seq is at most
+        // after + 1; a `since` beyond the end comes from another stream's history.
+        let complete = after <= until_seq && after + 1 >= state.first_sequence;
+        let empty = || futures::stream::empty().boxed();
+        if after >= until_seq || accounts.as_ref().is_some_and(|a| a.is_empty()) {
+            return Ok(Replay {
+                complete,
+                until_seq,
+                events: empty(),
+            });
+        }
+        let filters = match accounts {
+            None => vec![subjects::ALL_EVENTS.to_owned()],
+            Some(accounts) => accounts.iter().map(|a| subjects::account(a)).collect(),
+        };
+        let (messages, pending) = ordered(&stream, filters, StartAt::After(after)).await?;
+        if pending == 0 {
+            return Ok(Replay {
+                complete,
+                until_seq,
+                events: empty(),
+            });
+        }
+        // `pending` counts the matching messages stored when the consumer was made: exactly the
+        // backlog. (With account filters the stream's last seq may be another account's, so a
+        // seq bound alone would wait forever.)
+        let take = usize::try_from(pending).unwrap_or(usize::MAX);
+        let events = messages
+            .map(|m| {
+                m.map_err(|e| BusError::Subscribe(e.to_string()))
+                    .and_then(|m| decode(&m))
+            })
+            .take(take)
+            .boxed();
+        Ok(Replay {
+            complete,
+            until_seq,
+            events,
+        })
+    }
+
+    async fn check_ready(&self) -> Result<(), BusError> {
+        if !self.connected() {
+            return Err(BusError::Unavailable);
+        }
+        if !self.streams_ready.load(Ordering::Acquire) {
+            self.ensure_streams().await?;
+        }
+        self.events_stream().await.map(|_| ())
+    }
+
+    async fn close(&self) {
+        if let Err(e) = self.client.drain().await {
+            tracing::debug!(error = %e, "NATS drain");
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        "nats"
+    }
+}
+
+fn tokio_stream_from(mut rx: mpsc::Receiver<Result<Delivered, BusError>>) -> EventStream {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
+}

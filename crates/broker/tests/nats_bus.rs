@@ -1,0 +1,177 @@
+//! The JetStream bus against a real `nats-server` on a free port.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use instantchat_broker::{
+    BusError, Delivered, EventBus, EventStream, Interest, NatsBus, Outgoing, Retention, StartAt,
+    TraceContext,
+};
+use instantchat_event::Event;
+use instantchat_testsupport::NatsServer;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn event(account: &str, id: &str) -> Outgoing {
+    Outgoing::event(
+        Event {
+            id: format!("comments:{id}"),
+            event_type: "comments".into(),
+            account_id: account.into(),
+            details_json: "{}".into(),
+            ..Default::default()
+        },
+        TraceContext {
+            traceparent: Some(format!("00-{id:0>32}-00f067aa0ba902b7-01")),
+            tracestate: None,
+        },
+    )
+}
+
+async fn next(s: &mut EventStream) -> Delivered {
+    tokio::time::timeout(WAIT, s.next())
+        .await
+        .expect("an event in time")
+        .expect("open")
+        .expect("ok")
+}
+
+async fn bus(server: &NatsServer, retention: Retention) -> NatsBus {
+    let bus = NatsBus::connect(&server.url(), "test", retention)
+        .await
+        .expect("connect");
+    tokio::time::timeout(WAIT, async {
+        while bus.check_ready().await.is_err() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("bus ready");
+    bus
+}
+
+#[tokio::test]
+async fn publish_is_deduplicated_by_message_id_and_streams_are_idempotent() {
+    let server = NatsServer::start_new();
+    let first = bus(&server, Retention::default()).await;
+    // A second service starting against the same streams must not fail.
+    let second = bus(&server, Retention::default()).await;
+    let acks = first
+        .publish(vec![event("1", "a"), event("1", "b")])
+        .await
+        .unwrap();
+    let again = second.publish(vec![event("1", "a")]).await.unwrap();
+    assert!(!acks[0].duplicate && !acks[1].duplicate);
+    assert_eq!(again[0].seq, acks[0].seq);
+    assert!(again[0].duplicate);
+}
+
+#[tokio::test]
+async fn subscription_carries_only_its_account_with_trace_context() {
+    let server = NatsServer::start_new();
+    let bus = bus(&server, Retention::default()).await;
+    let mut one = bus
+        .subscribe(Interest::Account("1".into()), StartAt::New)
+        .await
+        .unwrap();
+    let mut all = bus.subscribe(Interest::All, StartAt::New).await.unwrap();
+    bus.publish(vec![event("2", "x"), event("1", "y")])
+        .await
+        .unwrap();
+    let got = next(&mut one).await;
+    assert_eq!(got.event.id, "comments:y");
+    assert_eq!(
+        got.trace.traceparent.as_deref(),
+        Some("00-0000000000000000000000000000000y-00f067aa0ba902b7-01")
+    );
+    assert_eq!(next(&mut all).await.event.id, "comments:x");
+    assert_eq!(next(&mut all).await.event.id, "comments:y");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), one.next())
+            .await
+            .is_err(),
+        "nothing of account 2"
+    );
+}
+
+#[tokio::test]
+async fn replay_returns_the_backlog_of_the_accounts_and_flags_aged_out_events() {
+    let server = NatsServer::start_new();
+    let bus = bus(
+        &server,
+        Retention {
+            max_events: 4,
+            ..Retention::default()
+        },
+    )
+    .await;
+    bus.publish(
+        (0..6)
+            .map(|i| event(if i % 2 == 0 { "1" } else { "2" }, &i.to_string()))
+            .collect(),
+    )
+    .await
+    .unwrap();
+    // Seqs 1..=6; the stream keeps 3..=6.
+    let replay = bus.replay(Some(vec!["1".into()]), 2).await.unwrap();
+    assert!(replay.complete);
+    assert_eq!(replay.until_seq, 6);
+    let seqs: Vec<u64> = replay.events.map(|d| d.unwrap().seq).collect().await;
+    assert_eq!(seqs, vec![3, 5]);
+    assert!(
+        !bus.replay(None, 0).await.unwrap().complete,
+        "seqs 1 and 2 are gone"
+    );
+    let nothing = bus.replay(Some(vec!["3".into()]), 2).await.unwrap();
+    assert_eq!(nothing.events.count().await, 0);
+    assert!(!bus.replay(None, 99).await.unwrap().complete);
+}
+
+#[tokio::test]
+async fn a_subscription_survives_a_broker_restart_and_gets_what_was_published_meanwhile() {
+    let mut server = NatsServer::start_new();
+    let subscriber = bus(&server, Retention::default()).await;
+    let publisher = bus(&server, Retention::default()).await;
+    let mut sub = subscriber
+        .subscribe(Interest::All, StartAt::New)
+        .await
+        .unwrap();
+    publisher.publish(vec![event("1", "before")]).await.unwrap();
+    assert_eq!(next(&mut sub).await.event.id, "comments:before");
+
+    server.stop();
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match publisher.publish(vec![event("1", "down")]).await {
+                Err(BusError::Unavailable) => break,
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                Ok(_) => panic!("a publish cannot be confirmed while the broker is down"),
+            }
+        }
+    })
+    .await
+    .expect("publish fails fast once the client sees the outage");
+    server.start();
+    // The publisher reconnects by itself; retry as Meta would.
+    let ack = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Ok(acks) = publisher.publish(vec![event("1", "after")]).await {
+                break acks[0];
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("publisher recovers");
+    let got = next(&mut sub).await;
+    assert_eq!(
+        (got.event.id.as_str(), got.seq),
+        ("comments:after", ack.seq)
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), sub.next())
+            .await
+            .is_err(),
+        "nothing twice"
+    );
+}

