@@ -90,16 +90,24 @@ pub struct Delivered {
 pub enum Interest {
     /// Every account (`instantchat.events.>`).
     All,
-    /// One account (`instantchat.events.<id>.>`).
-    Account(String),
+    /// These accounts (`instantchat.events.<id>.>` each), sorted and without repeats.
+    Accounts(Vec<String>),
 }
 
 impl Interest {
-    /// The NATS subject filter for this interest.
-    pub fn filter_subject(&self) -> String {
+    /// Interest in the given accounts (sorted, deduplicated).
+    pub fn accounts<I: IntoIterator<Item = S>, S: Into<String>>(ids: I) -> Self {
+        let mut ids: Vec<String> = ids.into_iter().map(Into::into).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        Interest::Accounts(ids)
+    }
+
+    /// The NATS subject filters for this interest (empty: nothing).
+    pub fn filter_subjects(&self) -> Vec<String> {
         match self {
-            Interest::All => subjects::ALL_EVENTS.to_owned(),
-            Interest::Account(id) => subjects::account(id),
+            Interest::All => vec![subjects::ALL_EVENTS.to_owned()],
+            Interest::Accounts(ids) => ids.iter().map(|id| subjects::account(id)).collect(),
         }
     }
 
@@ -107,8 +115,13 @@ impl Interest {
     pub fn matches(&self, event: &Event) -> bool {
         match self {
             Interest::All => true,
-            Interest::Account(id) => *id == event.account_id,
+            Interest::Accounts(ids) => ids.binary_search(&event.account_id).is_ok(),
         }
+    }
+
+    /// True when no event can match.
+    pub fn is_empty(&self) -> bool {
+        matches!(self, Interest::Accounts(ids) if ids.is_empty())
     }
 }
 
@@ -194,10 +207,11 @@ pub trait EventBus: Send + Sync + fmt::Debug + 'static {
     async fn publish(&self, batch: Vec<Outgoing>) -> Result<Vec<PublishAck>, BusError>;
 
     /// Live events of `interest`, from `start` on, in seq order; survives broker restarts.
+    /// One subscription covers many accounts so a subscriber sees them in one global order.
     async fn subscribe(&self, interest: Interest, start: StartAt) -> Result<EventStream, BusError>;
 
-    /// Stored events after `after` of the given accounts (`None`: all), up to the current end.
-    async fn replay(&self, accounts: Option<Vec<String>>, after: u64) -> Result<Replay, BusError>;
+    /// Stored events of `interest` after `after`, up to the current end of the stream.
+    async fn replay(&self, interest: Interest, after: u64) -> Result<Replay, BusError>;
 
     /// Ok when the broker is reachable and the streams exist.
     async fn check_ready(&self) -> Result<(), BusError>;

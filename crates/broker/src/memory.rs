@@ -219,12 +219,12 @@ impl EventBus for MemoryBus {
         Ok(stream.boxed())
     }
 
-    async fn replay(&self, accounts: Option<Vec<String>>, after: u64) -> Result<Replay, BusError> {
+    async fn replay(&self, interest: Interest, after: u64) -> Result<Replay, BusError> {
         let mut state = self.lock();
         self.prune(&mut state, Instant::now());
         let until_seq = state.last_seq;
         let complete = after <= until_seq && after >= state.evicted_upto;
-        let matches = |e: &Event| accounts.as_ref().is_none_or(|a| a.contains(&e.account_id));
+        let matches = |e: &Event| interest.matches(e);
         let events = Self::after(&state, Some(&matches), after);
         Ok(Replay {
             complete,
@@ -308,11 +308,11 @@ mod tests {
             .await
             .unwrap();
         let mut live = bus
-            .subscribe(Interest::Account("1".into()), StartAt::New)
+            .subscribe(Interest::accounts(["1"]), StartAt::New)
             .await
             .unwrap();
         let mut resumed = bus
-            .subscribe(Interest::Account("1".into()), StartAt::After(1))
+            .subscribe(Interest::accounts(["1"]), StartAt::After(1))
             .await
             .unwrap();
         bus.publish(vec![event("2", "d"), event("1", "e")])
@@ -345,15 +345,15 @@ mod tests {
         bus.publish(vec![event("1", "a"), event("1", "b"), event("1", "c")])
             .await
             .unwrap();
-        let replay = bus.replay(None, 0).await.unwrap();
+        let replay = bus.replay(Interest::All, 0).await.unwrap();
         assert!(!replay.complete);
-        let replay = bus.replay(None, 1).await.unwrap();
+        let replay = bus.replay(Interest::All, 1).await.unwrap();
         assert!(replay.complete);
         assert_eq!(replay.until_seq, 3);
         let seqs: Vec<u64> = replay.events.map(|d| d.unwrap().seq).collect().await;
         assert_eq!(seqs, vec![2, 3]);
         assert!(
-            !bus.replay(None, 9).await.unwrap().complete,
+            !bus.replay(Interest::All, 9).await.unwrap().complete,
             "a since beyond the end is not trusted"
         );
     }

@@ -285,8 +285,11 @@ impl EventBus for NatsBus {
 
     async fn subscribe(&self, interest: Interest, start: StartAt) -> Result<EventStream, BusError> {
         let stream = self.events_stream().await?;
-        let filter = interest.filter_subject();
-        let (mut messages, _) = ordered(&stream, vec![filter.clone()], start).await?;
+        if interest.is_empty() {
+            return Err(BusError::Subscribe("no account to subscribe to".into()));
+        }
+        let filters = interest.filter_subjects();
+        let (mut messages, _) = ordered(&stream, filters.clone(), start).await?;
         let (tx, rx) = mpsc::channel(SUBSCRIPTION_BUFFER);
         let bus = self.clone();
         let mut connections = self.connections.clone();
@@ -318,7 +321,7 @@ impl EventBus for NatsBus {
                     }
                     other => {
                         if let Some(Err(e)) = other {
-                            tracing::warn!(error = %e, %filter, "subscription broke; recreating it");
+                            tracing::warn!(error = %e, ?filters, "subscription broke; recreating it");
                         }
                         // Recreate after what was delivered, until the broker takes it again.
                         let start = last.map_or(StartAt::New, StartAt::After);
@@ -329,7 +332,7 @@ impl EventBus for NatsBus {
                             }
                             match async {
                                 let stream = bus.events_stream().await?;
-                                ordered(&stream, vec![filter.clone()], start).await
+                                ordered(&stream, filters.clone(), start).await
                             }
                             .await
                             {
@@ -348,7 +351,7 @@ impl EventBus for NatsBus {
         Ok(tokio_stream_from(rx))
     }
 
-    async fn replay(&self, accounts: Option<Vec<String>>, after: u64) -> Result<Replay, BusError> {
+    async fn replay(&self, interest: Interest, after: u64) -> Result<Replay, BusError> {
         let mut stream = self.events_stream().await?;
         let state = stream
             .info()
@@ -364,18 +367,15 @@ impl EventBus for NatsBus {
         // after + 1; a `since` beyond the end comes from another stream's history.
         let complete = after <= until_seq && after + 1 >= state.first_sequence;
         let empty = || futures::stream::empty().boxed();
-        if after >= until_seq || accounts.as_ref().is_some_and(|a| a.is_empty()) {
+        if after >= until_seq || interest.is_empty() {
             return Ok(Replay {
                 complete,
                 until_seq,
                 events: empty(),
             });
         }
-        let filters = match accounts {
-            None => vec![subjects::ALL_EVENTS.to_owned()],
-            Some(accounts) => accounts.iter().map(|a| subjects::account(a)).collect(),
-        };
-        let (messages, pending) = ordered(&stream, filters, StartAt::After(after)).await?;
+        let (messages, pending) =
+            ordered(&stream, interest.filter_subjects(), StartAt::After(after)).await?;
         if pending == 0 {
             return Ok(Replay {
                 complete,

@@ -71,7 +71,7 @@ async fn subscription_carries_only_its_account_with_trace_context() {
     let server = NatsServer::start_new();
     let bus = bus(&server, Retention::default()).await;
     let mut one = bus
-        .subscribe(Interest::Account("1".into()), StartAt::New)
+        .subscribe(Interest::accounts(["1"]), StartAt::New)
         .await
         .unwrap();
     let mut all = bus.subscribe(Interest::All, StartAt::New).await.unwrap();
@@ -113,18 +113,18 @@ async fn replay_returns_the_backlog_of_the_accounts_and_flags_aged_out_events() 
     .await
     .unwrap();
     // Seqs 1..=6; the stream keeps 3..=6.
-    let replay = bus.replay(Some(vec!["1".into()]), 2).await.unwrap();
+    let replay = bus.replay(Interest::accounts(["1"]), 2).await.unwrap();
     assert!(replay.complete);
     assert_eq!(replay.until_seq, 6);
     let seqs: Vec<u64> = replay.events.map(|d| d.unwrap().seq).collect().await;
     assert_eq!(seqs, vec![3, 5]);
     assert!(
-        !bus.replay(None, 0).await.unwrap().complete,
+        !bus.replay(Interest::All, 0).await.unwrap().complete,
         "seqs 1 and 2 are gone"
     );
-    let nothing = bus.replay(Some(vec!["3".into()]), 2).await.unwrap();
+    let nothing = bus.replay(Interest::accounts(["3"]), 2).await.unwrap();
     assert_eq!(nothing.events.count().await, 0);
-    assert!(!bus.replay(None, 99).await.unwrap().complete);
+    assert!(!bus.replay(Interest::All, 99).await.unwrap().complete);
 }
 
 #[tokio::test]
