@@ -213,6 +213,9 @@ pub trait EventBus: Send + Sync + fmt::Debug + 'static {
     /// Stored events of `interest` after `after`, up to the current end of the stream.
     async fn replay(&self, interest: Interest, after: u64) -> Result<Replay, BusError>;
 
+    /// The seq of the newest stored event (0 when none): where a new subscriber starts.
+    async fn last_seq(&self) -> Result<u64, BusError>;
+
     /// Ok when the broker is reachable and the streams exist.
     async fn check_ready(&self) -> Result<(), BusError>;
 

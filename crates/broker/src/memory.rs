@@ -233,6 +233,10 @@ impl EventBus for MemoryBus {
         })
     }
 
+    async fn last_seq(&self) -> Result<u64, BusError> {
+        Ok(self.lock().last_seq)
+    }
+
     async fn check_ready(&self) -> Result<(), BusError> {
         Ok(())
     }

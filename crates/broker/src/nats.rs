@@ -401,6 +401,18 @@ impl EventBus for NatsBus {
         })
     }
 
+    async fn last_seq(&self) -> Result<u64, BusError> {
+        if !self.connected() {
+            return Err(BusError::Unavailable);
+        }
+        let mut stream = self.events_stream().await?;
+        let info = stream.info().await.map_err(|e| BusError::Stream {
+            stream: subjects::EVENTS_STREAM,
+            reason: e.to_string(),
+        })?;
+        Ok(info.state.last_sequence)
+    }
+
     async fn check_ready(&self) -> Result<(), BusError> {
         if !self.connected() {
             return Err(BusError::Unavailable);

@@ -62,7 +62,9 @@ pub fn is_valid_event_type(name: &str) -> bool {
 /// Instagram ids are decimal digits; Meta's dashboard test uses `"0"`.
 pub fn is_valid_account_id(id: &str) -> bool {
     (1..=128).contains(&id.len())
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// The sender as clients see it: both fields always present, `null` when unknown, so that
@@ -135,7 +137,10 @@ mod tests {
             id: "comments:1".into(),
             event_type: "comments".into(),
             account_id: "17841".into(),
-            sender: Some(Sender { id: "42".into(), username: Some("ana".into()) }),
+            sender: Some(Sender {
+                id: "42".into(),
+                username: Some("ana".into()),
+            }),
             content: Some("Great post!".into()),
             timestamp: "2024-01-01T12:00:00.000Z".into(),
             deleted: false,
@@ -175,7 +180,10 @@ mod tests {
         event.details_json = "not json".into();
         event.deleted = true;
         let json = WebhookEvent::new(&event, 1).to_value();
-        assert_eq!(json["sender"], serde_json::json!({"id": null, "username": null}));
+        assert_eq!(
+            json["sender"],
+            serde_json::json!({"id": null, "username": null})
+        );
         assert_eq!(json["content"], serde_json::Value::Null);
         assert_eq!(json["details"], serde_json::json!({}));
         assert_eq!(json["deleted"], true);
@@ -186,7 +194,10 @@ mod tests {
         let s = subjects::event("17841", "comments");
         assert_eq!(s, "instantchat.events.17841.comments");
         assert_eq!(subjects::parse_event(&s), Some(("17841", "comments")));
-        assert_eq!(subjects::parse_event("instantchat.webhooks.instagram"), None);
+        assert_eq!(
+            subjects::parse_event("instantchat.webhooks.instagram"),
+            None
+        );
         assert_eq!(subjects::account("0"), "instantchat.events.0.>");
     }
 

@@ -29,7 +29,10 @@ pub fn free_port() -> u16 {
 pub async fn wait_for<F: FnMut() -> bool>(what: &str, timeout: Duration, mut condition: F) {
     let deadline = Instant::now() + timeout;
     while !condition() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -53,7 +56,11 @@ impl NatsServer {
     /// Starts a server on a free port and waits until it accepts connections.
     pub fn start_new() -> Self {
         let store = tempfile::tempdir().expect("a temporary JetStream store directory");
-        let mut server = NatsServer { port: free_port(), store, child: None };
+        let mut server = NatsServer {
+            port: free_port(),
+            store,
+            child: None,
+        };
         server.start();
         server
     }

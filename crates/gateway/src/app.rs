@@ -1,0 +1,191 @@
+//! The HTTP side: Socket.IO on `/socket.io`, health, readiness, metrics, CORS; start and stop.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use instantchat_broker::EventBus;
+use serde_json::json;
+use socketioxide::SocketIo;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::config::GatewaySettings;
+use crate::handlers;
+use crate::hub::Hub;
+
+/// A gateway ready to serve: its router and the background tasks that feed it.
+#[derive(Debug)]
+pub struct Gateway {
+    pub hub: Arc<Hub>,
+    router: Router,
+}
+
+impl Gateway {
+    /// Builds the Socket.IO server and HTTP routes over `bus`.
+    pub fn new(settings: GatewaySettings, bus: Arc<dyn EventBus>) -> Self {
+        let hub = Hub::new(settings, bus);
+        let s = &hub.settings;
+        let (layer, io) = SocketIo::builder()
+            .with_state(hub.clone())
+            .max_payload(s.max_client_payload_bytes)
+            .ws_max_message_size(s.max_client_payload_bytes as usize)
+            .ws_max_frame_size(s.max_client_payload_bytes as usize)
+            .max_buffer_size(s.client_buffer_packets)
+            .build_layer();
+        handlers::register(&io);
+        hub.set_io(io);
+        let origins: Vec<HeaderValue> = s
+            .allowed_origins
+            .iter()
+            .filter_map(|o| HeaderValue::from_str(o).ok())
+            .collect();
+        let cors = CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([Method::GET, Method::POST])
+            .allow_credentials(true);
+        let router = Router::new()
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics))
+            .with_state(hub.clone())
+            .layer(layer)
+            .layer(middleware::from_fn_with_state(
+                hub.clone(),
+                refuse_foreign_origin,
+            ))
+            .layer(cors);
+        Gateway { hub, router }
+    }
+
+    /// The routes, to serve alone or merged with other services (single-process mode).
+    pub fn router(&self) -> Router {
+        self.router.clone()
+    }
+
+    /// Starts the fan-out and heartbeat tasks; they stop when `shutdown` turns true.
+    pub fn spawn_background(&self, shutdown: watch::Receiver<bool>) {
+        tokio::spawn(self.hub.clone().run_fanout(shutdown.clone()));
+        tokio::spawn(handlers::heartbeat_monitor(self.hub.clone(), shutdown));
+    }
+
+    /// Serves on `listener` until `signal` resolves, then drains: not ready, no new sockets,
+    /// every socket told to go (so clients reconnect to another instance), bus closed, all
+    /// within the shutdown deadline.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        signal: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        self.spawn_background(stop_rx);
+        let hub = self.hub.clone();
+        let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
+        let drain = {
+            let hub = hub.clone();
+            async move {
+                signal.await;
+                tracing::info!("shutting down: draining connections");
+                hub.start_draining();
+                if let Some(io) = hub.io() {
+                    let _ = io.disconnect().await;
+                }
+                let _ = drained_tx.send(());
+            }
+        };
+        let server = axum::serve(
+            listener,
+            self.router
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(drain);
+        let deadline = hub.settings.shutdown_timeout;
+        tokio::select! {
+            result = server => result?,
+            () = async {
+                let _ = drained_rx.await;
+                tokio::time::sleep(deadline).await;
+            } => tracing::warn!("shutdown deadline reached; dropping remaining connections"),
+        }
+        let _ = stop_tx.send(true);
+        hub.bus.close().await;
+        Ok(())
+    }
+}
+
+/// Browsers send `Origin`; one not in `CLIENT_URL` is refused (WebSocket upgrades included,
+/// which CORS alone does not stop). Clients that send no `Origin` are not browsers.
+async fn refuse_foreign_origin(
+    State(hub): State<Arc<Hub>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Some(origin) = request.headers().get(header::ORIGIN)
+        && request.uri().path().starts_with("/socket.io")
+    {
+        let allowed = origin.to_str().is_ok_and(|o| {
+            hub.settings
+                .allowed_origins
+                .iter()
+                .any(|a| a == o.trim_end_matches('/'))
+        });
+        if !allowed {
+            return (
+                StatusCode::FORBIDDEN,
+                Json(json!({ "error": "origin not allowed; add it to CLIENT_URL" })),
+            )
+                .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+async fn readyz(State(hub): State<Arc<Hub>>) -> Response {
+    if hub.is_draining() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
+    }
+    match hub.bus.check_ready().await {
+        Ok(()) => (StatusCode::OK, "ready").into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}")).into_response(),
+    }
+}
+
+async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        hub.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Waits for SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

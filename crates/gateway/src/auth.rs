@@ -1,0 +1,132 @@
+//! JWT verification: who the user is and which accounts it may see.
+
+use std::collections::BTreeSet;
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Validation, decode};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::config::{AccountAccess, GatewaySettings};
+
+/// Which accounts a user may see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccountScope {
+    /// Every account (`accounts: ["*"]`, or `ACCOUNT_ACCESS=all`).
+    All,
+    /// These accounts only.
+    Only(BTreeSet<String>),
+}
+
+impl AccountScope {
+    pub fn allows(&self, account: &str) -> bool {
+        match self {
+            AccountScope::All => true,
+            AccountScope::Only(set) => set.contains(account),
+        }
+    }
+}
+
+/// An authenticated user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub user_id: String,
+    pub scope: AccountScope,
+    /// Unix seconds when the token expires.
+    pub expires_at: u64,
+}
+
+/// Why a token was refused. The `Display` text is what the client sees as `reason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("Token expired")]
+    Expired,
+    #[error("Invalid token")]
+    Invalid,
+    #[error("Token has no user (userId or sub claim)")]
+    NoUser,
+    #[error("User ID mismatch")]
+    UserMismatch,
+    #[error("Token has no accounts claim")]
+    NoAccounts,
+    #[error("Too many connections for this user")]
+    TooManyConnections,
+    #[error("Authentication timeout")]
+    Timeout,
+}
+
+impl AuthError {
+    /// A short label for metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            AuthError::Expired => "expired",
+            AuthError::Invalid => "invalid",
+            AuthError::NoUser => "no_user",
+            AuthError::UserMismatch => "user_mismatch",
+            AuthError::NoAccounts => "no_accounts",
+            AuthError::TooManyConnections => "too_many_connections",
+            AuthError::Timeout => "timeout",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct Claims {
+    #[serde(rename = "userId")]
+    user_id: Option<Value>,
+    sub: Option<Value>,
+    accounts: Option<Vec<Value>>,
+    exp: u64,
+}
+
+fn id_string(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Verifies `token` (signature, algorithm, `exp`) and, when the client names a user, that it
+/// is the token's user.
+pub fn verify(
+    settings: &GatewaySettings,
+    token: &str,
+    claimed_user: Option<&str>,
+) -> Result<Identity, AuthError> {
+    let mut validation = Validation::new(settings.jwt_algorithm);
+    validation.leeway = 0;
+    validation.validate_exp = true;
+    let data =
+        decode::<Claims>(token, &settings.jwt_key, &validation).map_err(|e| match e.kind() {
+            ErrorKind::ExpiredSignature => AuthError::Expired,
+            _ => AuthError::Invalid,
+        })?;
+    let claims = data.claims;
+    let user_id = claims
+        .user_id
+        .as_ref()
+        .and_then(id_string)
+        .or_else(|| claims.sub.as_ref().and_then(id_string))
+        .ok_or(AuthError::NoUser)?;
+    if claimed_user.is_some_and(|u| u != user_id) {
+        return Err(AuthError::UserMismatch);
+    }
+    let scope = match settings.account_access {
+        AccountAccess::All => AccountScope::All,
+        AccountAccess::Claim => {
+            let accounts = claims.accounts.ok_or(AuthError::NoAccounts)?;
+            let ids: BTreeSet<String> = accounts.iter().filter_map(id_string).collect();
+            if ids.contains("*") {
+                AccountScope::All
+            } else {
+                AccountScope::Only(ids)
+            }
+        }
+    };
+    Ok(Identity {
+        user_id,
+        scope,
+        expires_at: claims.exp,
+    })
+}

@@ -1,0 +1,244 @@
+//! Gateway configuration: env vars with matching flags, parsed once, every problem reported.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use jsonwebtoken::{Algorithm, DecodingKey};
+
+/// Command line and environment of `instantchat-gateway`.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "instantchat-gateway",
+    version,
+    about = "InstantChat Socket.IO gateway: authenticates clients with JWT and delivers the \
+             Instagram events of the accounts they may see, from NATS JetStream.",
+    after_help = "Every option can also be set with the environment variable shown. \
+                  Run several instances behind a load balancer; they share nothing but NATS."
+)]
+pub struct GatewayArgs {
+    /// TCP port to listen on.
+    #[arg(long, env = "PORT", default_value_t = 3000)]
+    pub port: u16,
+    /// Address to bind.
+    #[arg(long, env = "BIND_ADDRESS", default_value = "0.0.0.0")]
+    pub bind: String,
+    /// NATS server URL.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    #[command(flatten)]
+    pub gateway: GatewayOptions,
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+}
+
+/// Settings shared by every binary that runs the gateway (the distributed service and the
+/// single-process mode).
+#[derive(Debug, Clone, clap::Args)]
+pub struct GatewayOptions {
+    /// HS256 secret that signs client tokens (required unless --jwt-public-key is given).
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// PEM file with the public key for RS256 or ES256 tokens (instead of JWT_SECRET).
+    #[arg(long, env = "JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// Comma-separated origins allowed to connect from a browser (CORS); nothing else is allowed.
+    #[arg(long, env = "CLIENT_URL", default_value = "http://localhost:3000")]
+    pub client_url: String,
+    /// `claim`: a user sees the accounts in its token's `accounts` claim; `all`: every user sees
+    /// every account (single tenant).
+    #[arg(long, env = "ACCOUNT_ACCESS", default_value = "claim")]
+    pub account_access: String,
+    /// Seconds a new socket has to authenticate before it is disconnected.
+    #[arg(long, env = "AUTH_TIMEOUT_SECS", default_value_t = 10)]
+    pub auth_timeout_secs: u64,
+    /// Seconds after `auth_expired` during which a fresh `authenticate` keeps the socket.
+    #[arg(long, env = "AUTH_EXPIRY_GRACE_SECS", default_value_t = 30)]
+    pub auth_expiry_grace_secs: u64,
+    /// Seconds an authenticated socket may stay silent before it is disconnected (0: never).
+    #[arg(long, env = "HEARTBEAT_TIMEOUT_SECS", default_value_t = 60)]
+    pub heartbeat_timeout_secs: u64,
+    /// Connections one user may hold at once.
+    #[arg(long, env = "MAX_CONNECTIONS_PER_USER", default_value_t = 10)]
+    pub max_connections_per_user: usize,
+    /// Requests per second one socket may send (sustained).
+    #[arg(long, env = "SOCKET_RATE_LIMIT", default_value_t = 20.0)]
+    pub socket_rate_limit: f64,
+    /// Requests one socket may send in a burst.
+    #[arg(long, env = "SOCKET_RATE_BURST", default_value_t = 40.0)]
+    pub socket_rate_burst: f64,
+    /// New connections per second from one IP address (sustained).
+    #[arg(long, env = "IP_CONNECT_RATE", default_value_t = 50.0)]
+    pub ip_connect_rate: f64,
+    /// New connections one IP address may open in a burst.
+    #[arg(long, env = "IP_CONNECT_BURST", default_value_t = 200.0)]
+    pub ip_connect_burst: f64,
+    /// Largest message a client may send, in bytes.
+    #[arg(long, env = "MAX_CLIENT_PAYLOAD_BYTES", default_value_t = 16 * 1024)]
+    pub max_client_payload_bytes: u64,
+    /// Packets queued for one socket before it counts as too slow and is disconnected.
+    #[arg(long, env = "CLIENT_BUFFER_PACKETS", default_value_t = 1024)]
+    pub client_buffer_packets: usize,
+    /// Seconds a shutdown may take before remaining connections are dropped.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 10)]
+    pub shutdown_timeout_secs: u64,
+}
+
+/// Which accounts an authenticated user may see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountAccess {
+    /// The token's `accounts` claim decides.
+    Claim,
+    /// Everyone sees everything (the seed's single-tenant behaviour).
+    All,
+}
+
+/// The validated settings handlers use.
+#[derive(Clone)]
+pub struct GatewaySettings {
+    pub jwt_key: DecodingKey,
+    pub jwt_algorithm: Algorithm,
+    pub allowed_origins: Vec<String>,
+    pub account_access: AccountAccess,
+    pub auth_timeout: Duration,
+    pub auth_expiry_grace: Duration,
+    /// `None`: heartbeat checks are off.
+    pub heartbeat_timeout: Option<Duration>,
+    pub max_connections_per_user: usize,
+    pub socket_rate: (f64, f64),
+    pub ip_connect_rate: (f64, f64),
+    pub max_client_payload_bytes: u64,
+    pub client_buffer_packets: usize,
+    pub shutdown_timeout: Duration,
+}
+
+impl std::fmt::Debug for GatewaySettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewaySettings")
+            .field("jwt_key", &"<redacted>")
+            .field("jwt_algorithm", &self.jwt_algorithm)
+            .field("allowed_origins", &self.allowed_origins)
+            .field("account_access", &self.account_access)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Every problem found in the configuration, reported together.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+pub struct ConfigError(pub Vec<String>);
+
+impl GatewayOptions {
+    /// Validates every option and reports all problems at once.
+    pub fn settings(&self) -> Result<GatewaySettings, ConfigError> {
+        let mut problems = Vec::new();
+        let (jwt_key, jwt_algorithm) = match (&self.jwt_secret, &self.jwt_public_key) {
+            (_, Some(path)) => match std::fs::read(path) {
+                Ok(pem) => match DecodingKey::from_rsa_pem(&pem) {
+                    Ok(key) => (Some(key), Algorithm::RS256),
+                    Err(_) => match DecodingKey::from_ec_pem(&pem) {
+                        Ok(key) => (Some(key), Algorithm::ES256),
+                        Err(e) => {
+                            problems.push(format!(
+                                "JWT_PUBLIC_KEY: {} is not an RSA or EC public key in PEM: {e}",
+                                path.display()
+                            ));
+                            (None, Algorithm::RS256)
+                        }
+                    },
+                },
+                Err(e) => {
+                    problems.push(format!(
+                        "JWT_PUBLIC_KEY: cannot read {}: {e}",
+                        path.display()
+                    ));
+                    (None, Algorithm::RS256)
+                }
+            },
+            (Some(secret), None) if secret.len() >= 16 => (
+                Some(DecodingKey::from_secret(secret.as_bytes())),
+                Algorithm::HS256,
+            ),
+            (Some(_), None) => {
+                problems
+                    .push("JWT_SECRET: must be at least 16 bytes; use a long random value".into());
+                (None, Algorithm::HS256)
+            }
+            (None, None) => {
+                problems.push(
+                    "JWT_SECRET: required (the HS256 secret that signs client tokens), or set \
+                     JWT_PUBLIC_KEY for RS256/ES256"
+                        .into(),
+                );
+                (None, Algorithm::HS256)
+            }
+        };
+        let allowed_origins: Vec<String> = self
+            .client_url
+            .split(',')
+            .map(|o| o.trim().trim_end_matches('/').to_owned())
+            .filter(|o| !o.is_empty())
+            .collect();
+        if allowed_origins.is_empty() {
+            problems
+                .push("CLIENT_URL: give at least one origin, e.g. https://app.example.com".into());
+        }
+        for origin in &allowed_origins {
+            if !(origin.starts_with("http://") || origin.starts_with("https://")) {
+                problems.push(format!("CLIENT_URL: `{origin}` is not an http(s) origin"));
+            }
+        }
+        let account_access = match self.account_access.as_str() {
+            "claim" => AccountAccess::Claim,
+            "all" => AccountAccess::All,
+            other => {
+                problems.push(format!(
+                    "ACCOUNT_ACCESS: `{other}` is neither `claim` nor `all`"
+                ));
+                AccountAccess::Claim
+            }
+        };
+        if self.auth_timeout_secs == 0 {
+            problems.push("AUTH_TIMEOUT_SECS: must be at least 1".into());
+        }
+        if self.max_connections_per_user == 0 {
+            problems.push("MAX_CONNECTIONS_PER_USER: must be at least 1".into());
+        }
+        for (name, value) in [
+            ("SOCKET_RATE_LIMIT", self.socket_rate_limit),
+            ("SOCKET_RATE_BURST", self.socket_rate_burst),
+            ("IP_CONNECT_RATE", self.ip_connect_rate),
+            ("IP_CONNECT_BURST", self.ip_connect_burst),
+        ] {
+            if !(value.is_finite() && value > 0.0) {
+                problems.push(format!("{name}: must be a positive number"));
+            }
+        }
+        if self.max_client_payload_bytes < 1024 {
+            problems.push("MAX_CLIENT_PAYLOAD_BYTES: must be at least 1024".into());
+        }
+        if self.client_buffer_packets < 16 {
+            problems.push("CLIENT_BUFFER_PACKETS: must be at least 16".into());
+        }
+        match jwt_key {
+            Some(jwt_key) if problems.is_empty() => Ok(GatewaySettings {
+                jwt_key,
+                jwt_algorithm,
+                allowed_origins,
+                account_access,
+                auth_timeout: Duration::from_secs(self.auth_timeout_secs),
+                auth_expiry_grace: Duration::from_secs(self.auth_expiry_grace_secs),
+                heartbeat_timeout: (self.heartbeat_timeout_secs > 0)
+                    .then(|| Duration::from_secs(self.heartbeat_timeout_secs)),
+                max_connections_per_user: self.max_connections_per_user,
+                socket_rate: (self.socket_rate_limit, self.socket_rate_burst),
+                ip_connect_rate: (self.ip_connect_rate, self.ip_connect_burst),
+                max_client_payload_bytes: self.max_client_payload_bytes,
+                client_buffer_packets: self.client_buffer_packets,
+                shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs),
+            }),
+            _ => Err(ConfigError(problems)),
+        }
+    }
+}

@@ -1,0 +1,644 @@
+//! The Socket.IO protocol of PROTOCOL.md section 4: handshake, client events and replies.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use instantchat_broker::Interest;
+use instantchat_event::{WebhookEvent, is_valid_account_id, is_valid_event_type};
+use serde_json::{Value, json};
+use socketioxide::SocketIo;
+use socketioxide::extract::{AckSender, Extension, SocketRef, State, TryData};
+use socketioxide::handler::ConnectHandler;
+
+use crate::auth::{self, AccountScope, AuthError, Identity};
+use crate::hub::{EmitError, Hub, emit_event};
+use crate::metrics::Metrics;
+use crate::session::SessionRef;
+
+/// Most event types one `subscribe` may name.
+const MAX_EVENT_TYPES: usize = 32;
+/// Most account ids one `subscribe` may name.
+const MAX_ACCOUNT_IDS: usize = 1000;
+/// Replayed events between two yields, so one large backlog does not starve other sockets.
+const REPLAY_SLICE: u64 = 64;
+/// How long a replay waits for a full socket buffer to drain before the client counts as slow.
+const REPLAY_STALL: Duration = Duration::from_secs(10);
+
+/// Milliseconds since the Unix epoch, the `timestamp` of every reply.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Installs the handlers of namespace `/`.
+pub fn register(io: &SocketIo) {
+    io.ns("/", on_connect.with(handshake));
+}
+
+/// Handshake middleware: draining, per-IP connection rate, and `auth.token` when given.
+async fn handshake(
+    s: SocketRef,
+    TryData(auth): TryData<Value>,
+    State(hub): State<Arc<Hub>>,
+) -> Result<(), String> {
+    if hub.is_draining() {
+        return Err("Server is shutting down; reconnect".into());
+    }
+    let ip = s
+        .req_parts()
+        .extensions
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    if let Some(ip) = ip
+        && !hub.admit_ip(ip)
+    {
+        hub.metrics
+            .rate_limited
+            .get_or_create(&Metrics::label("kind", "ip_connect"))
+            .inc();
+        return Err("Too many connections from this address; retry later".into());
+    }
+    let auth = auth.unwrap_or(Value::Null);
+    if let Some(since) = auth.get("since") {
+        let Some(since) = since.as_u64() else {
+            return Err("auth.since must be a non-negative integer".into());
+        };
+        s.extensions.insert(PendingSince(since));
+    }
+    let Some(token) = auth.get("token") else {
+        return Ok(());
+    };
+    let Some(token) = token.as_str() else {
+        return Err(AuthError::Invalid.to_string());
+    };
+    let claimed = auth.get("userId").and_then(Value::as_str);
+    let identity = auth::verify(&hub.settings, token, claimed).map_err(|e| {
+        hub.metrics
+            .auth_failures
+            .get_or_create(&Metrics::label("reason", e.label()))
+            .inc();
+        e.to_string()
+    })?;
+    if !hub.acquire_user(&identity.user_id) {
+        let e = AuthError::TooManyConnections;
+        hub.metrics
+            .auth_failures
+            .get_or_create(&Metrics::label("reason", e.label()))
+            .inc();
+        return Err(e.to_string());
+    }
+    s.extensions.insert(identity);
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PendingSince(u64);
+
+async fn on_connect(s: SocketRef, State(hub): State<Arc<Hub>>) {
+    hub.metrics.connections.inc();
+    let session = SessionRef::new(hub.settings.socket_rate);
+    let handshake_identity = s.extensions.remove::<Identity>();
+    session.lock().pending_since = s.extensions.remove::<PendingSince>().map(|p| p.0);
+    s.extensions.insert(session.clone());
+    s.on("authenticate", on_authenticate);
+    s.on("subscribe", on_subscribe);
+    s.on("unsubscribe", on_unsubscribe);
+    s.on("get_subscriptions", on_connection_info);
+    s.on("test_connection", on_connection_info);
+    s.on("heartbeat", on_heartbeat);
+    s.on_disconnect(on_disconnect);
+    match handshake_identity {
+        Some(identity) => accept_identity(&hub, &s, &session, identity),
+        None => {
+            // Disconnect sockets that never authenticate.
+            let (hub, s, session) = (hub.clone(), s.clone(), session.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(hub.settings.auth_timeout).await;
+                if s.connected() && session.lock().identity.is_none() {
+                    refuse(&hub, &s, None, AuthError::Timeout);
+                }
+            });
+        }
+    }
+}
+
+/// Records a verified identity on the socket (first or renewed authentication).
+fn accept_identity(hub: &Arc<Hub>, s: &SocketRef, session: &SessionRef, identity: Identity) {
+    let expires_at = identity.expires_at;
+    let generation = {
+        let mut state = session.lock();
+        if state.counted_user.is_none() {
+            state.counted_user = Some(identity.user_id.clone());
+            hub.metrics.authenticated.inc();
+        }
+        state.identity = Some(identity);
+        state.auth_generation += 1;
+        state.last_activity = Instant::now();
+        state.auth_generation
+    };
+    refresh_targets(hub, s, session, None);
+    // `auth_expired` at `exp`, then a grace period for a fresh `authenticate`.
+    let (hub, s, session) = (hub.clone(), s.clone(), session.clone());
+    tokio::spawn(async move {
+        let left = expires_at.saturating_mul(1000).saturating_sub(now_ms());
+        tokio::time::sleep(Duration::from_millis(left)).await;
+        if !s.connected() || session.lock().auth_generation != generation {
+            return;
+        }
+        let _ = s.emit("auth_expired", &json!({ "timestamp": now_ms() }));
+        tokio::time::sleep(hub.settings.auth_expiry_grace).await;
+        if s.connected() && session.lock().auth_generation == generation {
+            tracing::debug!(sid = %s.id, "token expired; disconnecting");
+            let _ = s.clone().disconnect();
+        }
+    });
+}
+
+/// `auth_failed` (to the ack too, if any), then disconnect.
+fn refuse(hub: &Hub, s: &SocketRef, ack: Option<AckSender>, reason: AuthError) {
+    hub.metrics
+        .auth_failures
+        .get_or_create(&Metrics::label("reason", reason.label()))
+        .inc();
+    let payload = json!({ "reason": reason.to_string(), "timestamp": now_ms() });
+    let _ = s.emit("auth_failed", &payload);
+    if let Some(ack) = ack {
+        let _ = ack.send(&payload);
+    }
+    let _ = s.clone().disconnect();
+}
+
+/// Emits `event` and answers the ack with the same payload.
+fn reply(s: &SocketRef, ack: AckSender, event: &str, payload: Value) {
+    let _ = s.emit(event, &payload);
+    let _ = ack.send(&payload);
+}
+
+fn error_reply(hub: &Hub, s: &SocketRef, ack: AckSender, message: impl Into<String>) {
+    hub.metrics.request_errors.inc();
+    reply(
+        s,
+        ack,
+        "error",
+        json!({ "message": message.into(), "timestamp": now_ms() }),
+    );
+}
+
+/// Counts the request against the socket's rate budget; answers `error` when over it.
+fn admit(hub: &Hub, s: &SocketRef, session: &SessionRef, ack: &mut Option<AckSender>) -> bool {
+    let mut state = session.lock();
+    state.last_activity = Instant::now();
+    if state.requests.take() {
+        return true;
+    }
+    drop(state);
+    hub.metrics
+        .rate_limited
+        .get_or_create(&Metrics::label("kind", "socket_request"))
+        .inc();
+    if let Some(ack) = ack.take() {
+        error_reply(hub, s, ack, "Too many requests; slow down");
+    }
+    false
+}
+
+async fn on_authenticate(
+    s: SocketRef,
+    TryData(data): TryData<Value>,
+    ack: AckSender,
+    State(hub): State<Arc<Hub>>,
+    Extension(session): Extension<SessionRef>,
+) {
+    let mut ack = Some(ack);
+    if !admit(&hub, &s, &session, &mut ack) {
+        return;
+    }
+    let data = data.unwrap_or(Value::Null);
+    let Some(token) = data.get("token").and_then(Value::as_str) else {
+        return refuse(&hub, &s, ack, AuthError::Invalid);
+    };
+    let claimed = data.get("userId").and_then(|v| match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    });
+    let identity = match auth::verify(&hub.settings, token, claimed.as_deref()) {
+        Ok(identity) => identity,
+        Err(e) => return refuse(&hub, &s, ack, e),
+    };
+    let previous = session.lock().identity.as_ref().map(|i| i.user_id.clone());
+    match previous {
+        Some(user) if user != identity.user_id => {
+            return refuse(&hub, &s, ack, AuthError::UserMismatch);
+        }
+        Some(_) => {}
+        None => {
+            if !hub.acquire_user(&identity.user_id) {
+                return refuse(&hub, &s, ack, AuthError::TooManyConnections);
+            }
+        }
+    }
+    let user_id = identity.user_id.clone();
+    accept_identity(&hub, &s, &session, identity);
+    if let Some(ack) = ack {
+        reply(
+            &s,
+            ack,
+            "auth_success",
+            json!({ "message": "Authentication successful", "userId": user_id, "timestamp": now_ms() }),
+        );
+    }
+}
+
+/// What a valid `subscribe` asks for.
+struct SubscribeRequest {
+    event_types: Vec<String>,
+    account_ids: Option<BTreeSet<String>>,
+    since: Option<u64>,
+}
+
+fn parse_event_types(data: &Value) -> Result<Vec<String>, String> {
+    const RULE: &str =
+        "eventTypes must be a non-empty array of at most 32 names matching [a-z_]{1,64}";
+    let list = data
+        .get("eventTypes")
+        .and_then(Value::as_array)
+        .ok_or(RULE)?;
+    if list.is_empty() || list.len() > MAX_EVENT_TYPES {
+        return Err(RULE.into());
+    }
+    list.iter()
+        .map(|t| {
+            t.as_str()
+                .filter(|t| is_valid_event_type(t))
+                .map(str::to_owned)
+                .ok_or_else(|| RULE.to_owned())
+        })
+        .collect()
+}
+
+fn check_user(data: &Value, identity: &Identity) -> Result<(), String> {
+    match data.get("userId") {
+        None | Some(Value::Null) => Ok(()),
+        Some(Value::String(u)) if *u == identity.user_id => Ok(()),
+        Some(Value::Number(n)) if n.to_string() == identity.user_id => Ok(()),
+        Some(_) => Err("userId does not match the authenticated user".into()),
+    }
+}
+
+fn parse_subscribe(data: &Value, identity: &Identity) -> Result<SubscribeRequest, String> {
+    if !data.is_object() {
+        return Err("subscribe needs an object payload: {eventTypes, userId, timestamp}".into());
+    }
+    let event_types = parse_event_types(data)?;
+    check_user(data, identity)?;
+    let account_ids = match data.get("accountIds") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(ids)) if ids.len() <= MAX_ACCOUNT_IDS => {
+            let mut set = BTreeSet::new();
+            for id in ids {
+                let id = match id {
+                    Value::String(s) => s.clone(),
+                    Value::Number(n) => n.to_string(),
+                    _ => return Err("accountIds must be an array of account id strings".into()),
+                };
+                if !is_valid_account_id(&id) || !identity.scope.allows(&id) {
+                    return Err(format!("Account not allowed: {id}"));
+                }
+                set.insert(id);
+            }
+            Some(set)
+        }
+        Some(_) => return Err("accountIds must be an array of at most 1000 account ids".into()),
+    };
+    let since = match data.get("since") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_u64()
+                .ok_or("since must be a non-negative integer (the last seq seen)")?,
+        ),
+    };
+    Ok(SubscribeRequest {
+        event_types,
+        account_ids,
+        since,
+    })
+}
+
+/// Re-joins rooms and updates the hub's interest after subscriptions or identity changed.
+/// `from_seq`: the first seq this socket must not miss (None: the bus's current end).
+fn refresh_targets(hub: &Arc<Hub>, s: &SocketRef, session: &SessionRef, from_seq: Option<u64>) {
+    let (old_rooms, rooms, old_interest, interest) = {
+        let mut state = session.lock();
+        let (rooms, interest) = state.targets();
+        let old_rooms = std::mem::replace(&mut state.rooms, rooms.clone());
+        let old_interest = std::mem::replace(&mut state.interest, interest.clone());
+        (old_rooms, rooms, old_interest, interest)
+    };
+    let leave: Vec<String> = old_rooms
+        .iter()
+        .filter(|r| !rooms.contains(r))
+        .cloned()
+        .collect();
+    let join: Vec<String> = rooms
+        .iter()
+        .filter(|r| !old_rooms.contains(r))
+        .cloned()
+        .collect();
+    if !leave.is_empty() {
+        s.leave(leave);
+    }
+    if !join.is_empty() {
+        s.join(join);
+    }
+    hub.swap_interest(&old_interest, &interest, from_seq);
+}
+
+async fn on_subscribe(
+    s: SocketRef,
+    TryData(data): TryData<Value>,
+    ack: AckSender,
+    State(hub): State<Arc<Hub>>,
+    Extension(session): Extension<SessionRef>,
+) {
+    let mut ack = Some(ack);
+    if !admit(&hub, &s, &session, &mut ack) {
+        return;
+    }
+    let Some(ack) = ack else { return };
+    let Some(identity) = session.lock().identity.clone() else {
+        return error_reply(&hub, &s, ack, "Not authenticated");
+    };
+    let request = match parse_subscribe(&data.unwrap_or(Value::Null), &identity) {
+        Ok(r) => r,
+        Err(message) => return error_reply(&hub, &s, ack, message),
+    };
+    // Where this socket's stream starts: after `since` for a resume, else at the bus's end now.
+    let since = request
+        .since
+        .or_else(|| session.lock().pending_since.take());
+    let floor = match since {
+        Some(since) => since,
+        None => match hub.bus.last_seq().await {
+            Ok(seq) => seq,
+            Err(e) => {
+                return error_reply(
+                    &hub,
+                    &s,
+                    ack,
+                    format!("Events are unavailable right now ({e}); retry"),
+                );
+            }
+        },
+    };
+    let types = {
+        let mut state = session.lock();
+        state.event_types.extend(request.event_types);
+        if request.account_ids.is_some() {
+            state.narrowed = request.account_ids;
+        }
+        if since.is_some() {
+            state.replaying = true;
+        }
+        state.last_seq = state.last_seq.max(if since.is_some() { 0 } else { floor });
+        state.event_types.iter().cloned().collect::<Vec<_>>()
+    };
+    refresh_targets(&hub, &s, &session, Some(floor));
+    reply(
+        &s,
+        ack,
+        "subscription_confirmed",
+        json!({ "eventTypes": types, "timestamp": now_ms() }),
+    );
+    if let Some(since) = since {
+        tokio::spawn(resume(hub, s, session, since));
+    }
+}
+
+/// Replays what the socket missed after `since`, in seq order, then releases the live events
+/// held meanwhile and reports `replay_complete`.
+async fn resume(hub: Arc<Hub>, s: SocketRef, session: SessionRef, since: u64) {
+    hub.metrics.replays.inc();
+    let (interest, types, scope) = {
+        let mut state = session.lock();
+        state.last_seq = state.last_seq.max(since);
+        let scope = state.effective_scope();
+        let interest = match &scope {
+            AccountScope::All => Interest::All,
+            AccountScope::Only(ids) => Interest::accounts(ids.iter().cloned()),
+        };
+        (interest, state.event_types.clone(), scope)
+    };
+    let mut count = 0u64;
+    let mut complete = false;
+    match hub.bus.replay(interest, since).await {
+        Ok(mut replay) => {
+            complete = replay.complete;
+            while let Some(item) = replay.events.next().await {
+                let d = match item {
+                    Ok(d) => d,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "replay interrupted");
+                        complete = false;
+                        break;
+                    }
+                };
+                // The token is re-checked: only what this socket may see now.
+                if !types.contains(&d.event.event_type) || !scope.allows(&d.event.account_id) {
+                    continue;
+                }
+                let Ok(payload) =
+                    serde_json::value::to_raw_value(&WebhookEvent::new(&d.event, d.seq))
+                else {
+                    continue;
+                };
+                let started = Instant::now();
+                loop {
+                    let result = {
+                        let mut state = session.lock();
+                        if d.seq <= state.last_seq {
+                            break;
+                        }
+                        let r = emit_event(&s, &payload);
+                        if r.is_ok() {
+                            state.last_seq = d.seq;
+                        }
+                        r
+                    };
+                    match result {
+                        Ok(()) => {
+                            count += 1;
+                            break;
+                        }
+                        // Paced by the client: wait for its buffer to drain, within bounds.
+                        Err(EmitError::Full) if started.elapsed() < REPLAY_STALL => {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                        Err(EmitError::Full) => return hub.too_slow(s),
+                        Err(EmitError::Closed) => return,
+                    }
+                }
+                if count.is_multiple_of(REPLAY_SLICE) {
+                    tokio::task::yield_now().await;
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "replay unavailable"),
+    }
+    {
+        let mut state = session.lock();
+        let mut held = std::mem::take(&mut state.held);
+        held.sort_by_key(|(seq, _)| *seq);
+        for (seq, payload) in held {
+            if seq <= state.last_seq {
+                continue;
+            }
+            match emit_event(&s, &payload) {
+                Ok(()) => state.last_seq = seq,
+                Err(EmitError::Full) => {
+                    drop(state);
+                    return hub.too_slow(s);
+                }
+                Err(EmitError::Closed) => return,
+            }
+        }
+        state.replaying = false;
+    }
+    let _ = s.emit(
+        "replay_complete",
+        &json!({ "since": since, "count": count, "complete": complete, "timestamp": now_ms() }),
+    );
+}
+
+async fn on_unsubscribe(
+    s: SocketRef,
+    TryData(data): TryData<Value>,
+    ack: AckSender,
+    State(hub): State<Arc<Hub>>,
+    Extension(session): Extension<SessionRef>,
+) {
+    let mut ack = Some(ack);
+    if !admit(&hub, &s, &session, &mut ack) {
+        return;
+    }
+    let Some(ack) = ack else { return };
+    let Some(identity) = session.lock().identity.clone() else {
+        return error_reply(&hub, &s, ack, "Not authenticated");
+    };
+    let data = data.unwrap_or(Value::Null);
+    let types =
+        match parse_event_types(&data).and_then(|t| check_user(&data, &identity).map(|()| t)) {
+            Ok(t) => t,
+            Err(message) => return error_reply(&hub, &s, ack, message),
+        };
+    let remaining = {
+        let mut state = session.lock();
+        for t in &types {
+            state.event_types.remove(t);
+        }
+        state.event_types.iter().cloned().collect::<Vec<_>>()
+    };
+    refresh_targets(&hub, &s, &session, None);
+    reply(
+        &s,
+        ack,
+        "subscription_confirmed",
+        json!({ "eventTypes": remaining, "timestamp": now_ms() }),
+    );
+}
+
+async fn on_connection_info(
+    s: SocketRef,
+    ack: AckSender,
+    State(hub): State<Arc<Hub>>,
+    Extension(session): Extension<SessionRef>,
+) {
+    let mut ack = Some(ack);
+    if !admit(&hub, &s, &session, &mut ack) {
+        return;
+    }
+    let Some(ack) = ack else { return };
+    let subscriptions: Vec<String> = session.lock().event_types.iter().cloned().collect();
+    reply(
+        &s,
+        ack,
+        "connection_info",
+        json!({ "status": "connected", "subscriptions": subscriptions, "timestamp": now_ms() }),
+    );
+}
+
+async fn on_heartbeat(
+    s: SocketRef,
+    ack: AckSender,
+    State(hub): State<Arc<Hub>>,
+    Extension(session): Extension<SessionRef>,
+) {
+    let mut ack = Some(ack);
+    if !admit(&hub, &s, &session, &mut ack) {
+        return;
+    }
+    let Some(ack) = ack else { return };
+    let server_time = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    reply(
+        &s,
+        ack,
+        "heartbeat_response",
+        json!({ "timestamp": now_ms(), "serverTime": server_time }),
+    );
+}
+
+async fn on_disconnect(s: SocketRef, State(hub): State<Arc<Hub>>) {
+    hub.metrics.connections.dec();
+    let Some(session) = s.extensions.get::<SessionRef>() else {
+        return;
+    };
+    let (user, interest) = {
+        let mut state = session.lock();
+        state.held.clear();
+        (
+            state.counted_user.take(),
+            std::mem::replace(&mut state.interest, Interest::Accounts(Vec::new())),
+        )
+    };
+    if let Some(user) = user {
+        hub.metrics.authenticated.dec();
+        hub.release_user(&user);
+    }
+    hub.swap_interest(&interest, &Interest::Accounts(Vec::new()), None);
+}
+
+/// Disconnects authenticated sockets silent for longer than the heartbeat timeout.
+pub async fn heartbeat_monitor(hub: Arc<Hub>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let Some(timeout) = hub.settings.heartbeat_timeout else {
+        return;
+    };
+    // The seed checks every 30 s; short timeouts are checked more often.
+    let period = (timeout / 2).clamp(Duration::from_millis(250), Duration::from_secs(30));
+    let mut ticker = tokio::time::interval(period);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let Some(io) = hub.io() else { continue };
+        for socket in io.sockets() {
+            let Some(session) = socket.extensions.get::<SessionRef>() else {
+                continue;
+            };
+            let silent = {
+                let state = session.lock();
+                state.identity.is_some() && state.last_activity.elapsed() > timeout
+            };
+            if silent {
+                tracing::debug!(sid = %socket.id, "heartbeat timeout; disconnecting");
+                let _ = socket.disconnect();
+            }
+        }
+    }
+}

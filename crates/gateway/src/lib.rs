@@ -1,0 +1,23 @@
+//! The InstantChat Socket.IO gateway (PROTOCOL.md section 4).
+//!
+//! - [`config`]: `GatewayArgs` (env vars and flags) and the validated `GatewaySettings`.
+//! - [`auth`]: JWT verification; the user and the accounts it may see.
+//! - [`handlers`]: the handshake and every client event with its reply.
+//! - [`session`]: per-socket state (subscriptions, rooms, rate budget, last seq sent).
+//! - [`hub`]: shared state, interest that follows connections, and the fan-out from the bus.
+//! - [`app`]: the HTTP routes (`/socket.io`, `/healthz`, `/readyz`, `/metrics`), CORS, serving
+//!   and graceful shutdown.
+//! - [`metrics`]: Prometheus metrics.
+//!
+//! Gateways never talk to each other: each takes from the bus only what its clients may see.
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod handlers;
+pub mod hub;
+pub mod metrics;
+pub mod session;
+
+pub use app::{Gateway, shutdown_signal};
+pub use config::{GatewayArgs, GatewayOptions, GatewaySettings};

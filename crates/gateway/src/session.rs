@@ -1,0 +1,149 @@
+//! Per-socket state: who it is, what it subscribed to, its rate budget.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use instantchat_broker::Interest;
+use serde_json::value::RawValue;
+
+use crate::auth::{AccountScope, Identity};
+
+/// A token bucket: `rate` per second, up to `burst`.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    at: Instant,
+}
+
+impl TokenBucket {
+    pub fn new((rate, burst): (f64, f64)) -> Self {
+        TokenBucket {
+            tokens: burst,
+            rate,
+            burst,
+            at: Instant::now(),
+        }
+    }
+
+    /// Takes one token if there is one.
+    pub fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The state of one socket, shared by its handlers and the gateway's background tasks.
+#[derive(Debug)]
+pub struct Session {
+    pub identity: Option<Identity>,
+    /// Bumped on every successful authentication, so an expiry timer of an older token
+    /// does nothing.
+    pub auth_generation: u64,
+    pub event_types: BTreeSet<String>,
+    /// `accountIds` of the last `subscribe` that gave them: narrows delivery.
+    pub narrowed: Option<BTreeSet<String>>,
+    /// Rooms joined for the current subscriptions.
+    pub rooms: Vec<String>,
+    /// Interest registered with the hub for the current subscriptions.
+    pub interest: Interest,
+    pub last_activity: Instant,
+    pub requests: TokenBucket,
+    /// Set when the socket counts towards its user's connection limit.
+    pub counted_user: Option<String>,
+    /// Highest seq emitted to this socket: nothing at or below it is sent again.
+    pub last_seq: u64,
+    /// While a resume replay runs, live events wait in `held` so the client sees seq order.
+    pub replaying: bool,
+    pub held: Vec<(u64, Arc<RawValue>)>,
+    /// `auth.since` from the handshake, applied by the first `subscribe` that has no `since`.
+    pub pending_since: Option<u64>,
+}
+
+/// Shared handle to a [`Session`], kept in the socket's extensions.
+#[derive(Debug, Clone)]
+pub struct SessionRef(Arc<Mutex<Session>>);
+
+impl SessionRef {
+    pub fn new(rate: (f64, f64)) -> Self {
+        SessionRef(Arc::new(Mutex::new(Session {
+            identity: None,
+            auth_generation: 0,
+            event_types: BTreeSet::new(),
+            narrowed: None,
+            rooms: Vec::new(),
+            interest: Interest::Accounts(Vec::new()),
+            last_activity: Instant::now(),
+            requests: TokenBucket::new(rate),
+            counted_user: None,
+            last_seq: 0,
+            replaying: false,
+            held: Vec::new(),
+            pending_since: None,
+        })))
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, Session> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Room of one account and type.
+pub fn account_room(account: &str, event_type: &str) -> String {
+    format!("a:{account}:{event_type}")
+}
+
+/// Room of one type across all accounts.
+pub fn all_room(event_type: &str) -> String {
+    format!("all:{event_type}")
+}
+
+impl Session {
+    /// The accounts this socket receives: the narrowed set, or everything its token allows.
+    pub fn effective_scope(&self) -> AccountScope {
+        let scope = self
+            .identity
+            .as_ref()
+            .map_or(AccountScope::Only(BTreeSet::new()), |i| i.scope.clone());
+        match &self.narrowed {
+            Some(narrowed) => AccountScope::Only(
+                narrowed
+                    .iter()
+                    .filter(|a| scope.allows(a))
+                    .cloned()
+                    .collect(),
+            ),
+            None => scope,
+        }
+    }
+
+    /// Rooms and bus interest for the current subscriptions.
+    pub fn targets(&self) -> (Vec<String>, Interest) {
+        if self.event_types.is_empty() {
+            return (Vec::new(), Interest::Accounts(Vec::new()));
+        }
+        match self.effective_scope() {
+            AccountScope::All => (
+                self.event_types.iter().map(|t| all_room(t)).collect(),
+                Interest::All,
+            ),
+            AccountScope::Only(accounts) => {
+                let rooms = accounts
+                    .iter()
+                    .flat_map(|a| self.event_types.iter().map(move |t| account_room(a, t)))
+                    .collect();
+                (rooms, Interest::accounts(accounts))
+            }
+        }
+    }
+}

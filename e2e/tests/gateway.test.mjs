@@ -1,0 +1,294 @@
+// The gateway's Socket.IO protocol (PROTOCOL.md section 4) with the official socket.io-client,
+// against real nats-server, instantchat-ingest and instantchat-gateway processes.
+import { test, before, after, describe } from 'node:test';
+import assert from 'node:assert/strict';
+import jwt from 'jsonwebtoken';
+import {
+  startSystem, connect, authed, next, request, token, postWebhook, fixture, seedBody, sleep, within,
+  ORIGIN, JWT_SECRET,
+} from '../lib/harness.mjs';
+
+let sys;
+let gw;
+before(async () => {
+  sys = await startSystem({ gateways: [{ MAX_CONNECTIONS_PER_USER: '3', SOCKET_RATE_LIMIT: '5', SOCKET_RATE_BURST: '20' }] });
+  gw = sys.gateways[0];
+});
+after(async () => { await sys?.stop(); });
+
+const closeAll = (...sockets) => sockets.forEach((s) => s.close());
+
+describe('the seed testing flow', () => {
+  for (const transport of ['websocket', 'polling']) {
+    test(`connect, authenticate, subscribe, receive a signed webhook (${transport})`, async () => {
+      const socket = connect(gw, { transports: [transport] });
+      await next(socket, 'connect');
+      socket.emit('authenticate', { token: token({ userId: 'test_user' }), userId: 'test_user', timestamp: Date.now() });
+      const auth = await next(socket, 'auth_success');
+      assert.equal(auth.message, 'Authentication successful');
+      assert.equal(auth.userId, 'test_user');
+      assert.equal(typeof auth.timestamp, 'number');
+      socket.emit('subscribe', { eventTypes: ['comments', 'messages'], userId: 'test_user', timestamp: Date.now() });
+      const confirmed = await next(socket, 'subscription_confirmed');
+      assert.deepEqual([...confirmed.eventTypes].sort(), ['comments', 'messages']);
+
+      if (transport === 'websocket') {
+        // A real Meta body (the dashboard's comment test), byte for byte with its signature.
+        const { body, signature } = fixture('f01');
+        assert.equal((await postWebhook(sys, body, signature)).status, 200);
+        const event = await next(socket, 'webhook_event', (e) => e.id === 'comments:17865799348089039');
+        assert.equal(event.eventType, 'comments');
+        assert.equal(event.accountId, '0');
+        assert.deepEqual(event.sender, { id: '232323232', username: 'test' });
+        assert.equal(event.content, 'This is an example.');
+        assert.match(event.timestamp, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);
+        assert.equal(typeof event.seq, 'number');
+        assert.equal(event.details.media.id, '123123123');
+      } else {
+        // The seed's simplified body (the same fixture again would be deduplicated).
+        assert.equal((await postWebhook(sys, seedBody({ id: 'poll_1', accountId: 'acct_poll', text: 'over polling' }))).status, 200);
+        const event = await next(socket, 'webhook_event', (e) => e.id === 'comments:poll_1');
+        assert.equal(event.content, 'over polling');
+        assert.deepEqual(event.sender, { id: 'sender_1', username: 'ana' });
+        assert.equal(event.accountId, 'acct_poll');
+      }
+      closeAll(socket);
+    });
+  }
+});
+
+test('handshake auth: io(url, {auth: {token}}) is authenticated at connect', async () => {
+  const socket = connect(gw, { auth: { token: token({ userId: 'hs_user', accounts: ['acct_hs'] }) } });
+  await next(socket, 'connect');
+  const confirmed = await request(socket, 'subscribe', { eventTypes: ['comments'], userId: 'hs_user', timestamp: Date.now() });
+  assert.deepEqual(confirmed.eventTypes, ['comments']);
+  const body = seedBody({ id: 'hs1', accountId: 'acct_hs', text: 'via handshake' });
+  assert.equal((await postWebhook(sys, body)).status, 200);
+  const event = await next(socket, 'webhook_event');
+  assert.equal(event.id, 'comments:hs1');
+  assert.equal(event.content, 'via handshake');
+  closeAll(socket);
+});
+
+test('handshake with a bad token is refused with connect_error', async () => {
+  const socket = connect(gw, { auth: { token: token({ secret: 'another-secret-0123456789' }) } });
+  const err = await next(socket, 'connect_error');
+  assert.equal(err.message, 'Invalid token');
+  closeAll(socket);
+});
+
+test('every reply of the table, to the event and to the ack', async () => {
+  const socket = await authed(gw, { userId: 'table_user' });
+  const sub = await request(socket, 'subscribe', { eventTypes: ['comments', 'mentions'], userId: 'table_user', timestamp: 1 });
+  assert.deepEqual([...sub.eventTypes].sort(), ['comments', 'mentions']);
+  const unsub = await request(socket, 'unsubscribe', { eventTypes: ['comments'], userId: 'table_user', timestamp: 2 });
+  assert.deepEqual(unsub.eventTypes, ['mentions']);
+  const info = await request(socket, 'get_subscriptions', { userId: 'table_user', timestamp: 3 });
+  assert.equal(info.status, 'connected');
+  assert.deepEqual(info.subscriptions, ['mentions']);
+  const test_ = await request(socket, 'test_connection', { userId: 'table_user', timestamp: 4 });
+  assert.deepEqual(test_.subscriptions, ['mentions']);
+  const beat = await request(socket, 'heartbeat', { timestamp: 5, clientId: 'instantchat-frontend' });
+  assert.equal(typeof beat.timestamp, 'number');
+  assert.ok(!Number.isNaN(Date.parse(beat.serverTime)));
+  // The same replies also arrive as events.
+  for (const name of ['subscription_confirmed', 'connection_info', 'heartbeat_response']) {
+    assert.ok(socket.events.some((e) => e.event === name), `${name} emitted`);
+  }
+  closeAll(socket);
+});
+
+test('subscribe before authentication: error Not authenticated', async () => {
+  const socket = connect(gw);
+  await next(socket, 'connect');
+  const reply = await request(socket, 'subscribe', { eventTypes: ['comments'], userId: 'x', timestamp: 1 });
+  assert.equal(reply.message, 'Not authenticated');
+  assert.ok(socket.events.some((e) => e.event === 'error' && e.data.message === 'Not authenticated'));
+  closeAll(socket);
+});
+
+describe('bad tokens get auth_failed, then disconnect', () => {
+  const cases = {
+    expired: () => jwt.sign({ userId: 'u', accounts: ['*'], exp: Math.floor(Date.now() / 1000) - 10 }, JWT_SECRET),
+    'wrongly signed': () => token({ userId: 'u', secret: 'not-the-gateway-secret-012345' }),
+    'alg none': () => jwt.sign({ userId: 'u', accounts: ['*'], exp: Math.floor(Date.now() / 1000) + 60 }, null, { algorithm: 'none' }),
+    'another user': () => token({ userId: 'someone_else' }),
+  };
+  const reasons = { expired: 'Token expired', 'another user': 'User ID mismatch' };
+  for (const [name, make] of Object.entries(cases)) {
+    test(name, async () => {
+      const socket = connect(gw);
+      await next(socket, 'connect');
+      const disconnected = next(socket, 'disconnect');
+      socket.emit('authenticate', { token: make(), userId: 'u', timestamp: Date.now() });
+      const failed = await next(socket, 'auth_failed');
+      assert.equal(failed.reason, reasons[name] ?? 'Invalid token');
+      assert.equal(typeof failed.timestamp, 'number');
+      await disconnected;
+      closeAll(socket);
+    });
+  }
+});
+
+test('malformed and oversized payloads get error and leave the subscriptions unchanged', async () => {
+  const socket = await authed(gw, { userId: 'bad_payloads' });
+  await request(socket, 'subscribe', { eventTypes: ['comments'], userId: 'bad_payloads', timestamp: 1 });
+  const bad = [
+    undefined, 'not an object', { eventTypes: [] }, { eventTypes: 'comments' }, { eventTypes: ['Comments!'] },
+    { eventTypes: Array.from({ length: 33 }, (_, i) => `t_${String.fromCharCode(97 + (i % 26))}`) },
+    { eventTypes: ['messages'], userId: 'somebody_else' }, { eventTypes: ['messages'], since: -1 },
+  ];
+  for (const payload of bad) {
+    const reply = await request(socket, 'subscribe', payload);
+    assert.equal(typeof reply.message, 'string', `error for ${JSON.stringify(payload)}`);
+  }
+  const info = await request(socket, 'get_subscriptions', { userId: 'bad_payloads', timestamp: 2 });
+  assert.deepEqual(info.subscriptions, ['comments']);
+
+  // Over MAX_CLIENT_PAYLOAD_BYTES: the transport closes this socket; the server stays up.
+  const closed = next(socket, 'disconnect');
+  socket.emit('subscribe', { eventTypes: ['comments'], padding: 'x'.repeat(100_000) });
+  await closed;
+  const other = await authed(gw, { userId: 'bystander' });
+  const beat = await request(other, 'heartbeat', { timestamp: 1, clientId: 'c' });
+  assert.ok(beat.serverTime);
+  closeAll(socket, other);
+});
+
+test('accounts: a client never receives another account, and cannot ask for one', async () => {
+  const a = await authed(gw, { userId: 'owner_a', accounts: ['acct_a'] });
+  const b = await authed(gw, { userId: 'owner_b', accounts: ['acct_b'] });
+  const refused = await request(a, 'subscribe', { eventTypes: ['comments'], userId: 'owner_a', accountIds: ['acct_b'], timestamp: 1 });
+  assert.equal(refused.message, 'Account not allowed: acct_b');
+  await request(a, 'subscribe', { eventTypes: ['comments'], userId: 'owner_a', timestamp: 1 });
+  await request(b, 'subscribe', { eventTypes: ['comments'], userId: 'owner_b', timestamp: 1 });
+  assert.equal((await postWebhook(sys, seedBody({ id: 'for_b', accountId: 'acct_b' }))).status, 200);
+  assert.equal((await postWebhook(sys, seedBody({ id: 'for_a', accountId: 'acct_a' }))).status, 200);
+  const ea = await next(a, 'webhook_event');
+  const eb = await next(b, 'webhook_event');
+  assert.equal(ea.id, 'comments:for_a');
+  assert.equal(eb.id, 'comments:for_b');
+  await sleep(300);
+  assert.deepEqual(a.events.filter((e) => e.event === 'webhook_event').map((e) => e.data.id), ['comments:for_a']);
+  assert.deepEqual(b.events.filter((e) => e.event === 'webhook_event').map((e) => e.data.id), ['comments:for_b']);
+  closeAll(a, b);
+});
+
+test('type filter and several connections of one user each get the event once', async () => {
+  const one = await authed(gw, { userId: 'multi', accounts: ['acct_m'] });
+  const two = await authed(gw, { userId: 'multi', accounts: ['acct_m'] });
+  await request(one, 'subscribe', { eventTypes: ['comments'], userId: 'multi', timestamp: 1 });
+  await request(two, 'subscribe', { eventTypes: ['messages'], userId: 'multi', timestamp: 1 });
+  await postWebhook(sys, seedBody({ id: 'c1', accountId: 'acct_m' }));
+  await postWebhook(sys, seedBody({ id: 'm1', eventType: 'messages', accountId: 'acct_m' }));
+  assert.equal((await next(one, 'webhook_event')).id, 'comments:c1');
+  assert.equal((await next(two, 'webhook_event')).id, 'messages:m1');
+  await sleep(300);
+  assert.equal(one.events.filter((e) => e.event === 'webhook_event').length, 1);
+  assert.equal(two.events.filter((e) => e.event === 'webhook_event').length, 1);
+  closeAll(one, two);
+});
+
+test('too many connections for one user: the extra one is refused', async () => {
+  const held = [];
+  for (let i = 0; i < 3; i++) held.push(await authed(gw, { userId: 'greedy' }));
+  const extra = connect(gw);
+  await next(extra, 'connect');
+  const failed = next(extra, 'auth_failed');
+  extra.emit('authenticate', { token: token({ userId: 'greedy' }), userId: 'greedy', timestamp: Date.now() });
+  assert.equal((await failed).reason, 'Too many connections for this user');
+  held[0].close();
+  await sleep(200);
+  const again = await authed(gw, { userId: 'greedy' });
+  closeAll(...held, extra, again);
+});
+
+test('a request flood from one socket is refused; other clients are unaffected', async () => {
+  const flooder = await authed(gw, { userId: 'flooder' });
+  const calm = await authed(gw, { userId: 'calm' });
+  const replies = await Promise.all(Array.from({ length: 60 }, (_, i) =>
+    request(flooder, 'heartbeat', { timestamp: i, clientId: 'flood' })));
+  const refused = replies.filter((r) => r.message === 'Too many requests; slow down');
+  assert.ok(refused.length >= 30, `most of the flood refused, got ${refused.length}`);
+  assert.ok(flooder.connected, 'refused, not disconnected');
+  const beat = await request(calm, 'heartbeat', { timestamp: 1, clientId: 'calm' });
+  assert.ok(beat.serverTime);
+  closeAll(flooder, calm);
+});
+
+test('a disallowed CORS origin is refused; an allowed one connects', async () => {
+  for (const transport of ['polling', 'websocket']) {
+    const evil = connect(gw, { transports: [transport], extraHeaders: { Origin: 'http://evil.example' } });
+    await next(evil, 'connect_error');
+    evil.close();
+  }
+  const res = await fetch(`${gw.url}/socket.io/?EIO=4&transport=polling`, { headers: { Origin: ORIGIN } });
+  assert.equal(res.status, 200);
+  assert.equal(res.headers.get('access-control-allow-origin'), ORIGIN);
+  const good = connect(gw, { transports: ['polling'], extraHeaders: { Origin: ORIGIN } });
+  await next(good, 'connect');
+  good.close();
+});
+
+test('resume: a client offline for a while gets the gap with since, then replay_complete', async () => {
+  const first = await authed(gw, { userId: 'resumer', accounts: ['acct_r'] });
+  await request(first, 'subscribe', { eventTypes: ['comments'], userId: 'resumer', timestamp: 1 });
+  await postWebhook(sys, seedBody({ id: 'r1', accountId: 'acct_r' }));
+  const seen = await next(first, 'webhook_event');
+  first.close();
+  for (const id of ['r2', 'r3']) await postWebhook(sys, seedBody({ id, accountId: 'acct_r' }));
+  await postWebhook(sys, seedBody({ id: 'other', accountId: 'acct_elsewhere' }));
+  const again = await authed(gw, { userId: 'resumer', accounts: ['acct_r'] });
+  const done = next(again, 'replay_complete');
+  await request(again, 'subscribe', { eventTypes: ['comments'], userId: 'resumer', timestamp: 2, since: seen.seq });
+  const complete = await done;
+  assert.deepEqual({ since: complete.since, count: complete.count, complete: complete.complete },
+    { since: seen.seq, count: 2, complete: true });
+  const ids = again.events.filter((e) => e.event === 'webhook_event').map((e) => e.data.id);
+  assert.deepEqual(ids, ['comments:r2', 'comments:r3']);
+  await postWebhook(sys, seedBody({ id: 'r4', accountId: 'acct_r' }));
+  await next(again, 'webhook_event', (e) => e.id === 'comments:r4');
+  const all = again.events.filter((e) => e.event === 'webhook_event').map((e) => e.data);
+  assert.deepEqual(all.map((e) => e.id), ['comments:r2', 'comments:r3', 'comments:r4'], 'live after the replay, none twice');
+  assert.ok(all.every((e, i) => i === 0 || e.seq > all[i - 1].seq), 'in seq order');
+  closeAll(again);
+});
+
+describe('timeouts', () => {
+  let quick;
+  before(async () => {
+    quick = await startSystem({ gateways: [{ AUTH_TIMEOUT_SECS: '1', HEARTBEAT_TIMEOUT_SECS: '2', AUTH_EXPIRY_GRACE_SECS: '1' }] });
+  });
+  after(async () => { await quick?.stop(); });
+
+  test('a socket that never authenticates is disconnected after AUTH_TIMEOUT_SECS', async () => {
+    const socket = connect(quick.gateways[0]);
+    const disconnected = next(socket, 'disconnect', () => true, 5000);
+    await next(socket, 'connect');
+    const failed = await next(socket, 'auth_failed', () => true, 5000);
+    assert.equal(failed.reason, 'Authentication timeout');
+    await disconnected;
+  });
+
+  test('a silent authenticated socket is disconnected after HEARTBEAT_TIMEOUT_SECS; a beating one stays', async () => {
+    const silent = await authed(quick.gateways[0], { userId: 'silent' });
+    const beating = await authed(quick.gateways[0], { userId: 'beating' });
+    const timer = setInterval(() => beating.emit('heartbeat', { timestamp: Date.now(), clientId: 'b' }), 500);
+    await next(silent, 'disconnect', () => true, 8000);
+    assert.ok(beating.connected);
+    clearInterval(timer);
+    closeAll(beating);
+  });
+
+  test('an expiring token gets auth_expired, and the socket goes unless it re-authenticates', async () => {
+    const g = quick.gateways[0];
+    const socket = connect(g);
+    await next(socket, 'connect');
+    const short = jwt.sign({ userId: 'exp', accounts: ['*'], exp: Math.floor(Date.now() / 1000) + 2 }, JWT_SECRET);
+    await request(socket, 'authenticate', { token: short, userId: 'exp', timestamp: Date.now() });
+    const timer = setInterval(() => socket.emit('heartbeat', { timestamp: Date.now(), clientId: 'e' }), 500);
+    await next(socket, 'auth_expired', () => true, 6000);
+    await next(socket, 'disconnect', () => true, 6000);
+    clearInterval(timer);
+  });
+});
