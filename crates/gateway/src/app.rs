@@ -13,6 +13,7 @@ use axum::{Json, Router};
 use instantchat_broker::EventBus;
 use serde_json::json;
 use socketioxide::SocketIo;
+use socketioxide::layer::SocketIoLayer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -21,11 +22,19 @@ use crate::config::GatewaySettings;
 use crate::handlers;
 use crate::hub::Hub;
 
-/// A gateway ready to serve: its router and the background tasks that feed it.
-#[derive(Debug)]
+/// A gateway ready to serve: its routes and the background tasks that feed it.
 pub struct Gateway {
     pub hub: Arc<Hub>,
+    layer: SocketIoLayer,
     router: Router,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("hub", &self.hub)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Gateway {
@@ -42,7 +51,26 @@ impl Gateway {
             .build_layer();
         handlers::register(&io);
         hub.set_io(io);
-        let origins: Vec<HeaderValue> = s
+        let gateway = Gateway {
+            hub,
+            layer,
+            router: Router::new(),
+        };
+        let router = gateway.router_with(Router::new());
+        Gateway { router, ..gateway }
+    }
+
+    /// The routes, to serve alone.
+    pub fn router(&self) -> Router {
+        self.router.clone()
+    }
+
+    /// The gateway's routes merged with `extra` (the single-process mode adds the webhook route),
+    /// behind the Socket.IO layer, the origin check and CORS.
+    pub fn router_with(&self, extra: Router) -> Router {
+        let hub = &self.hub;
+        let origins: Vec<HeaderValue> = hub
+            .settings
             .allowed_origins
             .iter()
             .filter_map(|o| HeaderValue::from_str(o).ok())
@@ -51,23 +79,18 @@ impl Gateway {
             .allow_origin(AllowOrigin::list(origins))
             .allow_methods([Method::GET, Method::POST])
             .allow_credentials(true);
-        let router = Router::new()
+        Router::new()
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics))
             .with_state(hub.clone())
-            .layer(layer)
+            .merge(extra)
+            .layer(self.layer.clone())
             .layer(middleware::from_fn_with_state(
                 hub.clone(),
                 refuse_foreign_origin,
             ))
-            .layer(cors);
-        Gateway { hub, router }
-    }
-
-    /// The routes, to serve alone or merged with other services (single-process mode).
-    pub fn router(&self) -> Router {
-        self.router.clone()
+            .layer(cors)
     }
 
     /// Starts the fan-out and heartbeat tasks; they stop when `shutdown` turns true.
@@ -81,6 +104,17 @@ impl Gateway {
     /// within the shutdown deadline.
     pub async fn serve(
         self,
+        listener: TcpListener,
+        signal: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let router = self.router.clone();
+        self.serve_router(router, listener, signal).await
+    }
+
+    /// Like [`serve`](Self::serve), with a router built by [`router_with`](Self::router_with).
+    pub async fn serve_router(
+        self,
+        router: Router,
         listener: TcpListener,
         signal: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
@@ -102,8 +136,7 @@ impl Gateway {
         };
         let server = axum::serve(
             listener,
-            self.router
-                .into_make_service_with_connect_info::<SocketAddr>(),
+            router.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(drain);
         let deadline = hub.settings.shutdown_timeout;

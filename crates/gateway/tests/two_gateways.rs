@@ -1,0 +1,670 @@
+//! End to end, in one process: a real nats-server, the ingest service and TWO gateway instances
+//! on port 0, with Socket.IO clients ([`SioClient`]) on both gateways.
+//!
+//! Signed webhooks (the seed's simplified body and Meta fixtures) go to ingest over HTTP; every
+//! client must get exactly the events its token's accounts and its subscribed types allow, each
+//! once, in increasing `seq` order, whichever gateway it is on. The oracle is ingest's receipt
+//! (`{id, type, account, seq, duplicate}` per event), so the expectations follow from what was
+//! actually stored, not from a second copy of the normalization rules.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::Parser;
+use hmac::{Hmac, Mac};
+use instantchat_broker::{NatsBus, Retention};
+use instantchat_gateway::{Gateway, GatewayArgs};
+use instantchat_ingest::{Application, IngestSettings, Secret, WEBHOOK_PATH};
+use instantchat_testsupport::{NatsServer, SioClient, SioError};
+use jsonwebtoken::{EncodingKey, Header, encode};
+use serde_json::{Value, json};
+use sha2::Sha256;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The HS256 secret both gateways verify tokens with.
+const JWT_SECRET: &str = "two-gateways-jwt-secret-0123456789";
+/// The secret ingest verifies webhook signatures with (the fixture manifest's).
+const APP_SECRET: &str = "test_app_secret";
+/// The longest any single wait may take.
+const WAIT: Duration = Duration::from_secs(5);
+/// How long a client must stay quiet after its last expected event: catches extras and repeats.
+const QUIET: Duration = Duration::from_millis(300);
+
+/// One service running in a task, stopped by its oneshot.
+struct Service {
+    url: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Service {
+    /// Triggers the shutdown and waits for the server to return.
+    async fn shut_down(mut self, what: &str) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(8), self.task)
+            .await
+            .unwrap_or_else(|_| panic!("{what} stops within the timeout"))
+            .unwrap_or_else(|e| panic!("{what} task does not panic: {e}"))
+            .unwrap_or_else(|e| panic!("{what} serves without an I/O error: {e}"));
+    }
+}
+
+fn stop_signal() -> (
+    oneshot::Sender<()>,
+    impl Future<Output = ()> + Send + 'static,
+) {
+    let (tx, rx) = oneshot::channel::<()>();
+    (tx, async move {
+        let _ = rx.await;
+    })
+}
+
+async fn start_ingest(nats_url: &str) -> Service {
+    let bus = NatsBus::connect(nats_url, "ingest-under-test", Retention::default())
+        .await
+        .expect("ingest connects to NATS");
+    let settings = IngestSettings {
+        app_secrets: vec![Secret::new(APP_SECRET)],
+        verify_token: None,
+        max_body_bytes: 4 * 1024 * 1024,
+    };
+    let app = Application::with_bus(0, settings, Arc::new(bus))
+        .await
+        .expect("ingest binds port 0");
+    let url = format!("http://127.0.0.1:{}", app.port());
+    let (stop, signal) = stop_signal();
+    let task = tokio::spawn(app.run_until_stopped(signal));
+    Service {
+        url,
+        stop: Some(stop),
+        task,
+    }
+}
+
+async fn start_gateway(nats_url: &str, name: &str) -> Service {
+    let args = GatewayArgs::try_parse_from([
+        "instantchat-gateway",
+        "--jwt-secret",
+        JWT_SECRET,
+        "--account-access",
+        "claim",
+        "--shutdown-timeout-secs",
+        "2",
+    ])
+    .expect("gateway flags parse");
+    let settings = args.gateway.settings().expect("valid gateway settings");
+    let bus = NatsBus::connect(nats_url, name, Retention::default())
+        .await
+        .expect("gateway connects to NATS");
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("gateway binds port 0");
+    let url = format!("http://{}", listener.local_addr().expect("bound address"));
+    let (stop, signal) = stop_signal();
+    let gateway = Gateway::new(settings, Arc::new(bus));
+    let task = tokio::spawn(gateway.serve(listener, signal));
+    Service {
+        url,
+        stop: Some(stop),
+        task,
+    }
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(WAIT)
+        .build()
+        .expect("an HTTP client")
+}
+
+/// Polls `GET url` until it answers 200 (at most [`WAIT`]); returns the body.
+async fn get_ok(http: &reqwest::Client, url: &str) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let last = match http.get(url).send().await {
+            Ok(r) if r.status().is_success() => return r.text().await.expect("a body"),
+            Ok(r) => format!("HTTP {}", r.status()),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            Instant::now() < deadline,
+            "GET {url}: no 200 within {WAIT:?} ({last})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs()
+}
+
+/// An HS256 token as the InstantChat backend mints it.
+fn token(user: &str, accounts: &[&str]) -> String {
+    let claims = json!({ "userId": user, "accounts": accounts, "exp": now_secs() + 3600 });
+    encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .expect("a signed token")
+}
+
+/// `sha256=<hex>` of HMAC-SHA256 over the raw bytes, as Meta signs.
+fn sign(body: &[u8], secret: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// A webhook in the seed's simplified shape.
+fn seed_body(id: &str, event_type: &str, account: &str) -> Vec<u8> {
+    let text = format!("{event_type} {id} on {account}");
+    let mut body = json!({
+        "id": id,
+        "eventType": event_type,
+        "accountId": account,
+        "sender": { "id": "sender_1", "username": "ana" },
+        "timestamp": "2025-04-16T07:40:55.994Z",
+    });
+    let key = if event_type == "messages" {
+        "message"
+    } else {
+        "comment"
+    };
+    body[key] = json!({ "text": text });
+    serde_json::to_vec(&body).expect("JSON")
+}
+
+/// A Meta fixture, byte for byte, with its signature from the manifest.
+fn fixture(prefix: &str) -> (Vec<u8>, String) {
+    let dir = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/fixtures/instagram"
+    ));
+    let manifest: Value = serde_json::from_slice(
+        &std::fs::read(dir.join("manifest.json")).expect("the fixture manifest"),
+    )
+    .expect("manifest JSON");
+    let entry = manifest["fixtures"]
+        .as_array()
+        .and_then(|all| {
+            all.iter()
+                .find(|f| f["file"].as_str().is_some_and(|n| n.starts_with(prefix)))
+        })
+        .unwrap_or_else(|| panic!("fixture {prefix} in the manifest"));
+    let file = entry["file"].as_str().expect("file name");
+    let body = std::fs::read(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+    let signature = entry["x_hub_signature_256"].as_str().expect("signature");
+    (body, signature.to_owned())
+}
+
+/// One event as ingest's receipt reports it.
+#[derive(Debug, Clone, PartialEq)]
+struct Stored {
+    id: String,
+    event_type: String,
+    account: String,
+    seq: u64,
+    duplicate: bool,
+}
+
+/// POSTs a webhook, expects 200 and returns the receipt's events.
+async fn post(http: &reqwest::Client, ingest: &str, body: Vec<u8>, signature: &str) -> Vec<Stored> {
+    let response = http
+        .post(format!("{ingest}{WEBHOOK_PATH}"))
+        .header("content-type", "application/json")
+        .header("x-hub-signature-256", signature)
+        .body(body)
+        .send()
+        .await
+        .expect("ingest answers");
+    let status = response.status();
+    let receipt: Value = response.json().await.expect("a JSON receipt");
+    assert_eq!(status, 200, "webhook accepted: {receipt}");
+    receipt["events"]
+        .as_array()
+        .expect("receipt.events")
+        .iter()
+        .map(|e| Stored {
+            id: e["id"].as_str().expect("id").to_owned(),
+            event_type: e["type"].as_str().expect("type").to_owned(),
+            account: e["account"].as_str().expect("account").to_owned(),
+            seq: e["seq"].as_u64().expect("seq"),
+            duplicate: e["duplicate"].as_bool().expect("duplicate"),
+        })
+        .collect()
+}
+
+async fn post_seed(
+    http: &reqwest::Client,
+    ingest: &str,
+    id: &str,
+    ty: &str,
+    acct: &str,
+) -> Vec<Stored> {
+    let body = seed_body(id, ty, acct);
+    let signature = sign(&body, APP_SECRET);
+    post(http, ingest, body, &signature).await
+}
+
+/// Connects, then waits until the gateway answers requests on the new socket.
+///
+/// WORKAROUND for a gateway race (see
+/// [`a_request_sent_right_after_connect_is_answered`]): the gateway registers its event handlers
+/// in an async connect handler that socketioxide spawns *after* it has sent the CONNECT reply,
+/// so a request sent the moment the client is connected can be dropped silently. Probing with
+/// `heartbeat` (answered with or without authentication) until it is acked avoids that here;
+/// drop this once the handlers are registered before the CONNECT reply.
+async fn connect_ready(gateway: &Service, auth: Option<&Value>, name: &str) -> SioClient {
+    let mut sio = SioClient::connect(&gateway.url, auth)
+        .await
+        .unwrap_or_else(|e| panic!("{name} connects: {e}"));
+    let deadline = Instant::now() + WAIT;
+    let probe = json!({ "timestamp": 0, "clientId": name });
+    loop {
+        match sio
+            .emit_with_ack("heartbeat", &probe, Duration::from_millis(500))
+            .await
+        {
+            Ok(reply) => {
+                assert!(reply["serverTime"].is_string(), "{name}: {reply}");
+                break;
+            }
+            Err(SioError::Timeout(..)) if Instant::now() < deadline => {}
+            Err(e) => panic!("{name}: the gateway never answers on the new socket: {e}"),
+        }
+    }
+    sio.drain_events();
+    sio
+}
+
+/// A test client: who it is, what it may see and what it subscribed to.
+struct Client {
+    name: &'static str,
+    sio: SioClient,
+    /// `None`: every account (`["*"]`).
+    accounts: Option<Vec<&'static str>>,
+    types: Vec<&'static str>,
+}
+
+impl Client {
+    /// Connects to `gateway` and authenticates, in the handshake (`auth: {token}`) or with the
+    /// seed's `authenticate` event; then subscribes to `types` and clears the replies.
+    async fn start(
+        name: &'static str,
+        gateway: &Service,
+        accounts: &[&'static str],
+        types: &[&'static str],
+        handshake_auth: bool,
+    ) -> Client {
+        let jwt = token(name, accounts);
+        let sio = if handshake_auth {
+            connect_ready(gateway, Some(&json!({ "token": jwt })), name).await
+        } else {
+            let mut sio = connect_ready(gateway, None, name).await;
+            let reply = sio
+                .emit_with_ack(
+                    "authenticate",
+                    &json!({ "token": jwt, "userId": name, "timestamp": 1 }),
+                    WAIT,
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{name} authenticates: {e}"));
+            assert_eq!(
+                reply["message"], "Authentication successful",
+                "{name}: {reply}"
+            );
+            assert_eq!(reply["userId"], name);
+            let event = sio
+                .wait_for_event("auth_success", WAIT, |_| true)
+                .await
+                .unwrap_or_else(|e| panic!("{name}: auth_success also as an event: {e}"));
+            assert_eq!(event, reply);
+            sio
+        };
+        let reply = sio
+            .emit_with_ack(
+                "subscribe",
+                &json!({ "eventTypes": types, "userId": name, "timestamp": 2 }),
+                WAIT,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{name} subscribes: {e}"));
+        let mut confirmed: Vec<String> = serde_json::from_value(reply["eventTypes"].clone())
+            .unwrap_or_else(|_| panic!("{name}: subscription_confirmed, got {reply}"));
+        confirmed.sort();
+        let mut wanted: Vec<String> = types.iter().map(|t| t.to_string()).collect();
+        wanted.sort();
+        assert_eq!(confirmed, wanted, "{name}: confirmed types");
+        let mut client = Client {
+            name,
+            sio,
+            accounts: (!accounts.contains(&"*")).then(|| accounts.to_vec()),
+            types: types.to_vec(),
+        };
+        // The replies also arrive as events; the test wants only webhook events from here on.
+        client.sio.drain_events();
+        client
+    }
+
+    fn sees(&self, e: &Stored) -> bool {
+        !e.duplicate
+            && self.types.contains(&e.event_type.as_str())
+            && self
+                .accounts
+                .as_ref()
+                .is_none_or(|a| a.contains(&e.account.as_str()))
+    }
+
+    /// `(id, seq)` of every stored event this client must get, in seq order.
+    fn expected(&self, stored: &[Stored]) -> Vec<(String, u64)> {
+        let mut mine: Vec<(String, u64)> = stored
+            .iter()
+            .filter(|e| self.sees(e))
+            .map(|e| (e.id.clone(), e.seq))
+            .collect();
+        mine.sort_by_key(|(_, seq)| *seq);
+        mine
+    }
+
+    /// Takes the next `n` events, all of which must be `webhook_event`s this client may see.
+    async fn take(&mut self, n: usize) -> Vec<(String, u64)> {
+        let mut got = Vec::with_capacity(n);
+        while got.len() < n {
+            let (name, data) = self.sio.next_event(WAIT).await.unwrap_or_else(|e| {
+                panic!(
+                    "{}: after {} of {n} events, {e}; got {got:?}",
+                    self.name,
+                    got.len()
+                )
+            });
+            if name == "heartbeat_response" {
+                continue; // a late answer to a connect_ready probe
+            }
+            assert_eq!(
+                name, "webhook_event",
+                "{}: unexpected `{name}` {data}",
+                self.name
+            );
+            let account = data["accountId"].as_str().expect("accountId");
+            let event_type = data["eventType"].as_str().expect("eventType");
+            assert!(
+                self.types.contains(&event_type),
+                "{}: type {event_type} not subscribed: {data}",
+                self.name
+            );
+            assert!(
+                self.accounts.as_ref().is_none_or(|a| a.contains(&account)),
+                "{}: account {account} not allowed: {data}",
+                self.name
+            );
+            let id = data["id"].as_str().expect("id").to_owned();
+            let seq = data["seq"].as_u64().expect("seq");
+            got.push((id, seq));
+        }
+        got
+    }
+
+    /// Checks that this client got exactly `expected`, in order, and then nothing more.
+    async fn check(&mut self, expected: &[(String, u64)]) {
+        let got = self.take(expected.len()).await;
+        assert!(
+            got.windows(2).all(|w| w[0].1 < w[1].1),
+            "{}: seq strictly increasing: {got:?}",
+            self.name
+        );
+        assert_eq!(
+            got, expected,
+            "{}: exactly its events, in seq order",
+            self.name
+        );
+    }
+
+    /// After [`QUIET`], nothing else may have arrived.
+    fn check_quiet(&mut self) {
+        let mut extra = self.sio.drain_events();
+        extra.retain(|(name, _)| name != "heartbeat_response");
+        assert!(
+            extra.is_empty(),
+            "{}: unexpected extra events {extra:?}",
+            self.name
+        );
+    }
+}
+
+/// Checks every client against `stored`, then that nothing else arrives.
+async fn check_all(clients: &mut [&mut Client], stored: &[Stored]) {
+    for client in clients.iter_mut() {
+        let expected = client.expected(stored);
+        client.check(&expected).await;
+    }
+    tokio::time::sleep(QUIET).await;
+    for client in clients.iter_mut() {
+        client.check_quiet();
+    }
+}
+
+/// The value of an unlabelled metric in a Prometheus text exposition.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .find_map(|v| v.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_deliver_exactly_what_each_client_may_see() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let started = Instant::now();
+    let nats = NatsServer::start_new();
+    let http = http();
+    let ingest = start_ingest(&nats.url()).await;
+    let gw1 = start_gateway(&nats.url(), "gateway-1").await;
+    let gw2 = start_gateway(&nats.url(), "gateway-2").await;
+    for url in [&ingest.url, &gw1.url, &gw2.url] {
+        get_ok(&http, &format!("{url}/readyz")).await;
+    }
+
+    // A bad token is refused at connect, with the reason as the connect_error message.
+    let forged = encode(
+        &Header::default(),
+        &json!({ "userId": "mallory", "accounts": ["*"], "exp": now_secs() + 60 }),
+        &EncodingKey::from_secret(b"not-the-gateway-secret-0123456789"),
+    )
+    .expect("a token");
+    match SioClient::connect(&gw2.url, Some(&json!({ "token": forged }))).await {
+        Err(SioError::Refused(message)) => assert_eq!(message, "Invalid token"),
+        other => panic!("a forged token must be refused at connect, got {other:?}"),
+    }
+
+    let mut a1 = Client::start("alice", &gw1, &["acct_1"], &["comments"], true).await;
+    let mut a2 = Client::start("alice", &gw2, &["acct_1"], &["comments", "messages"], false).await;
+    let mut b = Client::start("bob", &gw2, &["acct_2"], &["comments"], true).await;
+    let mut w = Client::start("watcher", &gw1, &["*"], &["messages"], false).await;
+
+    // Asking for an account the token does not allow is refused; the subscriptions stay.
+    let refused = b
+        .sio
+        .emit_with_ack(
+            "subscribe",
+            &json!({ "eventTypes": ["messages"], "userId": "bob", "accountIds": ["acct_1"], "timestamp": 3 }),
+            WAIT,
+        )
+        .await
+        .expect("an ack");
+    assert_eq!(refused["message"], "Account not allowed: acct_1");
+    b.sio.drain_events();
+
+    // Phase 1: published right after the subscriptions were confirmed (no sleep: a gateway must
+    // not lose events while its bus subscription widens), several accounts and types, Meta's
+    // fixtures, a redelivery, and a burst of concurrent webhooks.
+    let mut stored = Vec::new();
+    for (id, ty, acct) in [
+        ("c_1a", "comments", "acct_1"),
+        ("m_1a", "messages", "acct_1"),
+        ("c_2a", "comments", "acct_2"),
+        ("m_2a", "messages", "acct_2"),
+        ("c_3a", "comments", "acct_3"),
+        ("m_3a", "messages", "acct_3"),
+        ("x_1a", "mentions", "acct_1"),
+    ] {
+        stored.extend(post_seed(&http, &ingest.url, id, ty, acct).await);
+    }
+    for name in ["f09", "f24", "f01"] {
+        let (body, signature) = fixture(name);
+        stored.extend(post(&http, &ingest.url, body, &signature).await);
+    }
+    let redelivered = post_seed(&http, &ingest.url, "c_1a", "comments", "acct_1").await;
+    assert!(
+        redelivered.iter().all(|e| e.duplicate),
+        "a redelivery stores nothing new: {redelivered:?}"
+    );
+    stored.extend(redelivered);
+    let burst: Vec<(String, &str, &str)> = (0..12)
+        .map(|i| {
+            let (ty, acct) = [
+                ("comments", "acct_1"),
+                ("messages", "acct_1"),
+                ("comments", "acct_2"),
+                ("messages", "acct_3"),
+            ][i % 4];
+            (format!("burst_{i}"), ty, acct)
+        })
+        .collect();
+    let posts = burst
+        .iter()
+        .map(|(id, ty, acct)| post_seed(&http, &ingest.url, id, ty, acct));
+    for receipt in futures::future::join_all(posts).await {
+        stored.extend(receipt);
+    }
+    assert!(
+        stored
+            .iter()
+            .any(|e| e.event_type == "messages" && e.account == "17841470945980483"),
+        "the fixtures yield Meta messages: {stored:?}"
+    );
+
+    assert_eq!(
+        a1.expected(&stored).len(),
+        4,
+        "alice on gateway 1: c_1a and the 3 acct_1 comments of the burst"
+    );
+    assert_eq!(
+        b.expected(&stored).len(),
+        1 + 3,
+        "bob: c_2a and the 3 acct_2 comments of the burst"
+    );
+    check_all(&mut [&mut a1, &mut a2, &mut b, &mut w], &stored).await;
+
+    // Phase 2: every client of acct_2 leaves; gateway 2 narrows its bus subscription while
+    // webhooks keep coming, for acct_2 (nobody on gateway 2 wants it now) and for acct_1.
+    b.sio.disconnect().await;
+    let mut later = Vec::new();
+    for (id, ty, acct) in [
+        ("c_2b", "comments", "acct_2"),
+        ("m_2b", "messages", "acct_2"),
+        ("c_1b", "comments", "acct_1"),
+        ("m_1b", "messages", "acct_1"),
+        ("c_2c", "comments", "acct_2"),
+        ("c_1c", "comments", "acct_1"),
+    ] {
+        later.extend(post_seed(&http, &ingest.url, id, ty, acct).await);
+    }
+    assert_eq!(w.expected(&later).len(), 2);
+    check_all(&mut [&mut a1, &mut a2, &mut w], &later).await;
+
+    // Both gateways are alive and serve their metrics; gateway 2 counts only alice now.
+    for (gw, open) in [(&gw1, 2.0), (&gw2, 1.0)] {
+        get_ok(&http, &format!("{}/healthz", gw.url)).await;
+        let text = get_ok(&http, &format!("{}/metrics", gw.url)).await;
+        assert!(
+            text.contains("instantchat_gateway_events_received"),
+            "{text}"
+        );
+        assert_eq!(
+            metric(&text, "instantchat_gateway_connections"),
+            Some(open),
+            "{}: open connections\n{text}",
+            gw.url
+        );
+    }
+    get_ok(&http, &format!("{}/metrics", ingest.url)).await;
+
+    // Shutdown: gateway 1 tells its sockets to go and returns; the rest stops cleanly.
+    gw1.shut_down("gateway 1").await;
+    for client in [&mut a1, &mut w] {
+        client
+            .sio
+            .wait_disconnect(WAIT)
+            .await
+            .unwrap_or_else(|e| panic!("{} is disconnected by the shutdown: {e}", client.name));
+        client.check_quiet();
+    }
+    a2.sio.disconnect().await;
+    gw2.shut_down("gateway 2").await;
+    ingest.shut_down("ingest").await;
+    drop(nats);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the test stays under 20 s, took {:?}",
+        started.elapsed()
+    );
+}
+
+/// A client may send its first request the moment it is connected: socket.io-client flushes what
+/// was emitted before `connect` at once, and the seed's frontend emits `authenticate` in its
+/// `connect` listener. Every such request must be answered.
+///
+/// Ignored while the gateway has this race: `on_connect` (which calls `s.on(..)` for every
+/// event) is an async connect handler, and socketioxide 0.18 spawns it only after sending the
+/// CONNECT reply, so a packet that arrives first finds no handler and is dropped silently.
+/// Run with `-- --ignored` to see it; un-ignore once the handlers are registered in the
+/// connect middleware (awaited before the reply).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "gateway race: handlers are registered after the CONNECT reply (see the doc comment)"]
+async fn a_request_sent_right_after_connect_is_answered() {
+    const CLIENTS: usize = 20;
+    let nats = NatsServer::start_new();
+    let http = http();
+    let gateway = start_gateway(&nats.url(), "gateway-race").await;
+    get_ok(&http, &format!("{}/readyz", gateway.url)).await;
+    let attempts = (0..CLIENTS).map(|i| {
+        let url = gateway.url.clone();
+        async move {
+            let user = format!("racer_{i}");
+            let auth = json!({ "token": token(&user, &["acct_1"]) });
+            let sio = SioClient::connect(&url, Some(&auth))
+                .await
+                .unwrap_or_else(|e| panic!("{user} connects: {e}"));
+            let request = json!({ "eventTypes": ["comments"], "userId": user, "timestamp": 1 });
+            let answered = match sio
+                .emit_with_ack("subscribe", &request, Duration::from_secs(2))
+                .await
+            {
+                Ok(reply) => {
+                    assert_eq!(reply["eventTypes"], json!(["comments"]), "{user}: {reply}");
+                    true
+                }
+                Err(SioError::Timeout(..)) => false,
+                Err(e) => panic!("{user}: {e}"),
+            };
+            sio.disconnect().await;
+            answered
+        }
+    });
+    let answered = futures::future::join_all(attempts).await;
+    let lost = answered.iter().filter(|a| !**a).count();
+    gateway.shut_down("gateway").await;
+    assert_eq!(lost, 0, "{lost} of {CLIENTS} first requests got no answer");
+}

@@ -1,0 +1,404 @@
+//! The HTTP edge: routes, handlers and the one [`AppError`] they answer with (PROTOCOL.md
+//! section 1).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use instantchat_broker::{BusError, EventBus, Outgoing, TraceContext};
+use instantchat_event::subjects;
+use instantchat_instagram::{Rejected, SignatureError, normalize, verify_signature};
+use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::config::IngestSettings;
+use crate::metrics::{Metrics, Outcome};
+
+/// The webhook route, for both verification (GET) and delivery (POST).
+pub const WEBHOOK_PATH: &str = "/api/webhooks/instagram";
+/// What a 503 tells Meta (and anyone else) to wait before retrying, in seconds.
+const RETRY_AFTER_SECS: u64 = 5;
+/// A readiness probe must answer quickly even when the broker hangs.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+/// A sender that trickles its body must not hold a connection forever; Meta itself gives up
+/// after about 20 s.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Buffer reserved up front from `Content-Length`, capped so that an announced size alone costs
+/// no memory.
+const MAX_PREALLOCATION: usize = 64 * 1024;
+
+/// What the handlers share. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct IngestState {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    settings: IngestSettings,
+    bus: Arc<dyn EventBus>,
+    metrics: Metrics,
+    /// Holds `metrics`, served on `/metrics`.
+    registry: Registry,
+}
+
+impl IngestState {
+    pub fn new(settings: IngestSettings, bus: Arc<dyn EventBus>) -> Self {
+        let metrics = Metrics::default();
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        IngestState {
+            inner: Arc::new(Inner {
+                settings,
+                bus,
+                metrics,
+                registry,
+            }),
+        }
+    }
+
+    /// The ingest metrics, to register in another binary's registry when it serves its own
+    /// `/metrics` and mounts only [`webhook_router`].
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// The bus webhooks are published to.
+    pub fn bus(&self) -> &Arc<dyn EventBus> {
+        &self.inner.bus
+    }
+}
+
+/// Every ingest route: the webhook, `/healthz`, `/readyz` and `/metrics`.
+pub fn router(state: IngestState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state.clone())
+        .merge(webhook_router(state))
+}
+
+/// Only the webhook route, for a binary that serves its own health and metrics routes.
+pub fn webhook_router(state: IngestState) -> Router {
+    Router::new()
+        .route(WEBHOOK_PATH, get(verify_subscription).post(receive_webhook))
+        // The handler enforces `WEBHOOK_MAX_BODY_BYTES` itself, to answer 413 its own way.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+/// Why a request failed, and so what the client is told.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(
+        "the body is larger than the {limit} bytes allowed (WEBHOOK_MAX_BODY_BYTES); nothing was published"
+    )]
+    TooLarge { limit: usize },
+    #[error("{0}; nothing was published")]
+    Signature(#[from] SignatureError),
+    #[error("the request body could not be read: {0}")]
+    BodyRead(String),
+    #[error("{0}; nothing was acknowledged, retry the delivery")]
+    Bus(#[from] BusError),
+}
+
+impl AppError {
+    fn outcome(&self) -> Outcome {
+        match self {
+            AppError::TooLarge { .. } => Outcome::TooLarge,
+            AppError::Signature(_) => Outcome::BadSignature,
+            AppError::BodyRead(_) => Outcome::BadRequest,
+            AppError::Bus(_) => Outcome::BrokerError,
+        }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let error = self.to_string();
+        match self {
+            AppError::Bus(_) => {
+                let mut response = (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Json(serde_json::json!({ "error": error, "retry": true })),
+                )
+                    .into_response();
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+                response
+            }
+            other => {
+                let status = match other {
+                    AppError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                    AppError::Signature(_) => StatusCode::UNAUTHORIZED,
+                    _ => StatusCode::BAD_REQUEST,
+                };
+                (status, Json(serde_json::json!({ "error": error }))).into_response()
+            }
+        }
+    }
+}
+
+/// The 200 answer to a webhook POST, once every message is acknowledged.
+#[derive(Debug, Serialize)]
+pub struct Receipt {
+    /// Always `"ok"`.
+    pub status: &'static str,
+    /// One per normalized event, in body order.
+    pub events: Vec<Published>,
+    /// Why the body, or some of its items, went to the rejected subject; `null` when nothing did.
+    pub rejected: Option<String>,
+}
+
+/// One acknowledged event.
+#[derive(Debug, Serialize)]
+pub struct Published {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub account: String,
+    /// Its position in the events stream.
+    pub seq: u64,
+    /// The broker had this id already (a redelivery): no new event was stored.
+    pub duplicate: bool,
+}
+
+/// `hub.*` query parameters of Meta's subscription verification.
+#[derive(Debug, Deserialize)]
+struct VerifyParams {
+    #[serde(rename = "hub.mode")]
+    mode: Option<String>,
+    #[serde(rename = "hub.verify_token")]
+    verify_token: Option<String>,
+    #[serde(rename = "hub.challenge")]
+    challenge: Option<String>,
+}
+
+async fn verify_subscription(
+    State(state): State<IngestState>,
+    params: Result<Query<VerifyParams>, QueryRejection>,
+) -> Response {
+    let expected = state.inner.settings.verify_token.as_ref();
+    let verified = match (params, expected) {
+        (Ok(Query(p)), Some(expected)) if p.mode.as_deref() == Some("subscribe") => p
+            .verify_token
+            .filter(|t| bool::from(t.as_bytes().ct_eq(expected.expose().as_bytes())))
+            .and(p.challenge),
+        _ => None,
+    };
+    match verified {
+        Some(challenge) => (
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            challenge,
+        )
+            .into_response(),
+        None => {
+            tracing::info!(
+                configured = expected.is_some(),
+                "webhook verification refused"
+            );
+            (
+                StatusCode::FORBIDDEN,
+                "forbidden: wrong or missing hub.verify_token or hub.mode",
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn receive_webhook(
+    State(state): State<IngestState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Receipt>, AppError> {
+    let started = Instant::now();
+    let result = ingest(&state, &headers, body).await;
+    let outcome = match &result {
+        Ok(receipt) if receipt.events.is_empty() && receipt.rejected.is_some() => {
+            Outcome::RejectedBody
+        }
+        Ok(_) => Outcome::Accepted,
+        Err(e) => e.outcome(),
+    };
+    state.inner.metrics.webhook(outcome, started.elapsed());
+    match &result {
+        Err(e @ AppError::Bus(_)) => tracing::warn!(error = %e, "webhook not acknowledged: 503"),
+        Err(e) => tracing::info!(error = %e, "webhook refused"),
+        Ok(_) => {}
+    }
+    result.map(Json)
+}
+
+/// Steps 1 to 4 of PROTOCOL.md section 1, in that order.
+async fn ingest(state: &IngestState, headers: &HeaderMap, body: Body) -> Result<Receipt, AppError> {
+    let settings = &state.inner.settings;
+    let body = tokio::time::timeout(
+        BODY_TIMEOUT,
+        read_body(headers, body, settings.max_body_bytes),
+    )
+    .await
+    .map_err(|_| AppError::BodyRead(format!("not received within {BODY_TIMEOUT:?}")))??;
+    let signature = headers
+        .get("x-hub-signature-256")
+        .map(|v| v.to_str().unwrap_or(""));
+    verify_signature(&settings.app_secrets, signature, &body)?;
+
+    let trace = trace_context(headers);
+    let digest = hex::encode(Sha256::digest(&body));
+    let (events, rejected) = match normalize(&body, now_ms()) {
+        Ok(normalized) => {
+            let rejected = (!normalized.skipped.is_empty()).then(|| {
+                state.inner.metrics.skipped(normalized.skipped.len());
+                normalized
+                    .skipped
+                    .iter()
+                    .map(|s| s.reason.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            });
+            (normalized.events, rejected)
+        }
+        Err(reason @ (Rejected::NotJson | Rejected::UnknownShape(_))) => {
+            (Vec::new(), Some(reason.to_string()))
+        }
+    };
+    // The raw body goes on the raw subject when something was read from it, and on the rejected
+    // subject when some or all of it could not be used; one batch, one wait for every PubAck.
+    let usable = !events.is_empty() || rejected.is_none();
+    let mut batch = Vec::with_capacity(events.len() + 2);
+    if usable {
+        batch.push(Outgoing::raw(
+            subjects::WEBHOOK_RAW,
+            format!("webhook:{digest}"),
+            body.clone(),
+            trace.clone(),
+        ));
+    }
+    if rejected.is_some() {
+        batch.push(Outgoing::raw(
+            subjects::WEBHOOK_REJECTED,
+            format!("rejected:{digest}"),
+            body.clone(),
+            trace.clone(),
+        ));
+    }
+    let first_event = batch.len();
+    let summaries: Vec<(String, String, String)> = events
+        .iter()
+        .map(|e| (e.id.clone(), e.event_type.clone(), e.account_id.clone()))
+        .collect();
+    batch.extend(
+        events
+            .into_iter()
+            .map(|e| Outgoing::event(e, trace.clone())),
+    );
+
+    let acks = state.inner.bus.publish(batch).await?;
+    let events = summaries
+        .into_iter()
+        .zip(acks.get(first_event..).unwrap_or_default())
+        .map(|((id, event_type, account), ack)| {
+            state.inner.metrics.event(&event_type, ack.duplicate);
+            tracing::debug!(%id, seq = ack.seq, duplicate = ack.duplicate, "event published");
+            Published {
+                id,
+                event_type,
+                account,
+                seq: ack.seq,
+                duplicate: ack.duplicate,
+            }
+        })
+        .collect();
+    Ok(Receipt {
+        status: "ok",
+        events,
+        rejected,
+    })
+}
+
+/// Reads the whole body, refusing it as soon as it is known to exceed `limit`: up front when
+/// `Content-Length` announces more, else once the bytes read pass it.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, AppError> {
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > limit as u64) {
+        return Err(AppError::TooLarge { limit });
+    }
+    let mut buffer =
+        BytesMut::with_capacity(announced.map_or(0, |n| n as usize).min(MAX_PREALLOCATION));
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| AppError::BodyRead(e.to_string()))?;
+        if buffer.len() + chunk.len() > limit {
+            return Err(AppError::TooLarge { limit });
+        }
+        buffer.extend_from_slice(&chunk);
+    }
+    Ok(buffer.freeze())
+}
+
+/// Carries a caller's W3C trace context on to the broker, so one trace spans the path.
+fn trace_context(headers: &HeaderMap) -> TraceContext {
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= 512)
+            .map(str::to_owned)
+    };
+    TraceContext {
+        traceparent: get("traceparent"),
+        tracestate: get("tracestate"),
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(state): State<IngestState>) -> Response {
+    match tokio::time::timeout(READY_TIMEOUT, state.inner.bus.check_ready()).await {
+        Ok(Ok(())) => (StatusCode::OK, "ready").into_response(),
+        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}")).into_response(),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: the broker did not answer within {READY_TIMEOUT:?}"),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(state): State<IngestState>) -> Response {
+    let mut text = String::new();
+    match prometheus_client::encoding::text::encode(&mut text, &state.inner.registry) {
+        Ok(()) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}

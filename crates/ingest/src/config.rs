@@ -1,0 +1,426 @@
+//! Configuration: every setting comes from an environment variable or the matching flag, is parsed
+//! once at start-up into [`Config`], and every problem is reported at once, so an operator fixes
+//! a deployment in one round instead of one variable per restart.
+
+use std::fmt;
+use std::time::Duration;
+
+use clap::Parser;
+use instantchat_broker::Retention;
+
+/// The raw settings as clap reads them (flag, else env var, else default). Values stay strings
+/// so that [`Config::from_args`] can check all of them and report every problem together.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "instantchat-ingest",
+    version,
+    about = "Receives Meta's Instagram webhooks, verifies and normalizes them, and publishes them \
+             durably to NATS JetStream before answering 200.",
+    after_help = "Every flag can also be set with the environment variable shown; a flag wins over \
+                  the variable. All problems are reported at once; invalid settings exit with code 2."
+)]
+pub struct Args {
+    /// TCP port the HTTP server listens on (0 picks a free one).
+    #[arg(long, env = "PORT", default_value = "8080", allow_hyphen_values = true)]
+    pub port: String,
+
+    /// NATS server URL; the service starts while NATS is down and reports not ready until it is up.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+
+    /// App secret(s) Meta signs webhooks with (X-Hub-Signature-256), comma-separated: the
+    /// Instagram app secret for Instagram-Login apps, the Meta app secret for Facebook-Login apps.
+    /// Required.
+    #[arg(long, env = "INSTAGRAM_APP_SECRET", hide_env_values = true)]
+    pub instagram_app_secret: Option<String>,
+
+    /// Token Meta echoes when verifying the webhook subscription (GET). Unset or empty: every
+    /// verification request is refused with 403.
+    #[arg(long, env = "INSTAGRAM_WEBHOOK_VERIFY_TOKEN", hide_env_values = true)]
+    pub instagram_webhook_verify_token: Option<String>,
+
+    /// Largest webhook body accepted, in bytes; larger ones get 413.
+    #[arg(
+        long,
+        env = "WEBHOOK_MAX_BODY_BYTES",
+        default_value = "4194304",
+        allow_hyphen_values = true
+    )]
+    pub webhook_max_body_bytes: String,
+
+    /// How long events stay in the stream for replay (e.g. 30s, 15m, 24h, 7d).
+    #[arg(
+        long,
+        env = "EVENT_RETENTION",
+        default_value = "24h",
+        allow_hyphen_values = true
+    )]
+    pub event_retention: String,
+
+    /// At most this many events are kept in the stream (0: no count limit).
+    #[arg(
+        long,
+        env = "EVENT_MAX_COUNT",
+        default_value = "1000000",
+        allow_hyphen_values = true
+    )]
+    pub event_max_count: String,
+
+    /// A redelivered webhook within this window publishes no second event (e.g. 2h).
+    #[arg(
+        long,
+        env = "DEDUP_WINDOW",
+        default_value = "2h",
+        allow_hyphen_values = true
+    )]
+    pub dedup_window: String,
+
+    /// Log filter in tracing's env-filter syntax (e.g. `info`, `instantchat_ingest=debug`).
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    pub rust_log: String,
+
+    /// Log output: `text` for people, `json` for log collectors.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+}
+
+/// The ingest service's settings, parsed and checked.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Port to bind; 0 lets the OS choose (tests).
+    pub port: u16,
+    /// Where the broker is.
+    pub nats_url: String,
+    /// What the HTTP handlers need; shared with the single-process binary.
+    pub ingest: IngestSettings,
+    /// Stream retention and dedup window, applied when the streams are created or updated.
+    pub retention: Retention,
+    /// `RUST_LOG` filter, already checked to parse.
+    pub log_filter: String,
+    /// How logs are printed.
+    pub log_format: LogFormat,
+}
+
+/// The settings the webhook handlers need, and nothing else, so that another binary can mount
+/// [`router`](crate::router) with its own configuration.
+#[derive(Debug, Clone)]
+pub struct IngestSettings {
+    /// Every secret a valid signature may be made with (at least one).
+    pub app_secrets: Vec<Secret>,
+    /// The subscription verify token; `None` refuses every verification request.
+    pub verify_token: Option<Secret>,
+    /// Bodies larger than this are refused with 413 before they are verified.
+    pub max_body_bytes: usize,
+}
+
+/// How logs are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A secret value whose `Debug` never shows it, so configs and errors can be logged safely.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The value, for the one place that must use it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(****)")
+    }
+}
+
+/// Lets [`instantchat_instagram::verify_signature`] take the secrets without copying them out.
+impl AsRef<[u8]> for Secret {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+/// Every problem found in the settings.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    /// One line per problem, each naming its variable and what to do.
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        write!(
+            f,
+            "invalid configuration ({n} problem{}):",
+            if n == 1 { "" } else { "s" }
+        )?;
+        for problem in &self.problems {
+            write!(f, "\n  - {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Checks every setting and collects every problem.
+    pub fn from_args(args: Args) -> Result<Config, ConfigError> {
+        let mut problems = Vec::new();
+        let mut found = Problems(&mut problems);
+
+        let port = found.check(args.port.trim().parse::<u16>().map_err(|_| {
+            invalid(
+                "PORT",
+                &args.port,
+                "a port number from 0 to 65535, e.g. 8080",
+            )
+        }));
+        let nats_url = found.check(nats_url(&args.nats_url));
+        let app_secrets = found.check(app_secrets(args.instagram_app_secret.as_deref()));
+        let max_body_bytes = found.check(
+            args.webhook_max_body_bytes
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| {
+                    invalid(
+                        "WEBHOOK_MAX_BODY_BYTES",
+                        &args.webhook_max_body_bytes,
+                        "a positive number of bytes, e.g. 4194304 (4 MiB)",
+                    )
+                }),
+        );
+        let max_age = found.check(duration("EVENT_RETENTION", &args.event_retention));
+        let max_events = found.check(args.event_max_count.trim().parse::<u64>().map_err(|_| {
+            invalid(
+                "EVENT_MAX_COUNT",
+                &args.event_max_count,
+                "a whole number of events, 0 for no limit, e.g. 1000000",
+            )
+        }));
+        let dedup_window = found.check(duration("DEDUP_WINDOW", &args.dedup_window));
+        let log_filter = found.check(
+            tracing_subscriber::EnvFilter::try_new(&args.rust_log)
+                .map(|_| args.rust_log.clone())
+                .map_err(|e| {
+                    format!(
+                        "RUST_LOG={:?} does not parse ({e}): use a level such as `info` or \
+                         directives such as `instantchat_ingest=debug,info`",
+                        args.rust_log
+                    )
+                }),
+        );
+        let log_format = found.check(match args.log_format.trim().to_ascii_lowercase().as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(invalid("LOG_FORMAT", &args.log_format, "`text` or `json`")),
+        });
+
+        match (
+            port,
+            nats_url,
+            app_secrets,
+            max_body_bytes,
+            max_age,
+            max_events,
+            dedup_window,
+            log_filter,
+            log_format,
+        ) {
+            (
+                Some(port),
+                Some(nats_url),
+                Some(app_secrets),
+                Some(max_body_bytes),
+                Some(max_age),
+                Some(max_events),
+                Some(dedup_window),
+                Some(log_filter),
+                Some(log_format),
+            ) => Ok(Config {
+                port,
+                nats_url,
+                ingest: IngestSettings {
+                    app_secrets,
+                    verify_token: args
+                        .instagram_webhook_verify_token
+                        .filter(|t| !t.is_empty())
+                        .map(Secret),
+                    max_body_bytes,
+                },
+                retention: Retention {
+                    max_age,
+                    max_events,
+                    dedup_window,
+                },
+                log_filter,
+                log_format,
+            }),
+            _ => Err(ConfigError { problems }),
+        }
+    }
+}
+
+/// Collects problems so that every setting is checked before any is refused.
+struct Problems<'a>(&'a mut Vec<String>);
+
+impl Problems<'_> {
+    fn check<T>(&mut self, result: Result<T, String>) -> Option<T> {
+        result.map_err(|p| self.0.push(p)).ok()
+    }
+}
+
+fn invalid(var: &str, value: &str, expected: &str) -> String {
+    format!("{var}={value:?} is not valid: set it to {expected}")
+}
+
+fn nats_url(value: &str) -> Result<String, String> {
+    let value = value.trim();
+    let ok = ["nats://", "tls://", "ws://", "wss://"]
+        .iter()
+        .any(|scheme| value.len() > scheme.len() && value.starts_with(scheme));
+    if ok {
+        Ok(value.to_owned())
+    } else {
+        Err(invalid(
+            "NATS_URL",
+            value,
+            "a NATS server URL such as nats://127.0.0.1:4222",
+        ))
+    }
+}
+
+fn app_secrets(value: Option<&str>) -> Result<Vec<Secret>, String> {
+    let Some(value) = value else {
+        return Err(
+            "INSTAGRAM_APP_SECRET is not set: set it to your app secret from the Meta \
+                    App Dashboard (comma-separated when apps with Instagram and Facebook login \
+                    both deliver here); without it no webhook can be verified"
+                .into(),
+        );
+    };
+    let items: Vec<&str> = value.split(',').map(str::trim).collect();
+    let empty: Vec<String> = items
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.is_empty())
+        .map(|(i, _)| (i + 1).to_string())
+        .collect();
+    if !empty.is_empty() {
+        return Err(format!(
+            "INSTAGRAM_APP_SECRET has {} empty item(s) (position {} of {}): list non-empty \
+             secrets separated by commas, with no stray comma",
+            empty.len(),
+            empty.join(", "),
+            items.len()
+        ));
+    }
+    Ok(items.into_iter().map(Secret::new).collect())
+}
+
+/// Parses `30s`, `15m`, `24h`, `7d` (a positive whole number and one unit).
+pub fn parse_duration(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    let split = value.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = value.split_at(split);
+    let number: u64 = number.parse().ok().filter(|n| *n > 0)?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    number.checked_mul(seconds).map(Duration::from_secs)
+}
+
+fn duration(var: &str, value: &str) -> Result<Duration, String> {
+    parse_duration(value).ok_or_else(|| {
+        invalid(
+            var,
+            value,
+            "a positive duration with a unit s, m, h or d, e.g. 30s, 15m, 24h, 7d",
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(pairs: &[(&str, &str)]) -> Args {
+        let mut argv = vec!["instantchat-ingest".to_owned()];
+        for (flag, value) in pairs {
+            argv.push(format!("--{flag}={value}"));
+        }
+        Args::try_parse_from(argv).unwrap()
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("15m"), Some(Duration::from_secs(900)));
+        assert_eq!(parse_duration("24h"), Some(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("7d"), Some(Duration::from_secs(604_800)));
+        for bad in [
+            "",
+            "h",
+            "0s",
+            "5",
+            "5x",
+            "-5s",
+            "1.5h",
+            "99999999999999999999d",
+        ] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn defaults_with_a_secret() {
+        let config = Config::from_args(args(&[("instagram-app-secret", "a, b")])).unwrap();
+        assert_eq!(config.port, 8080);
+        assert_eq!(
+            config.ingest.app_secrets,
+            vec![Secret::new("a"), Secret::new("b")]
+        );
+        assert_eq!(config.ingest.max_body_bytes, 4 * 1024 * 1024);
+        assert_eq!(config.retention, Retention::default());
+        assert!(
+            !format!("{config:?}").contains("\"a\""),
+            "secrets never print"
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let err = Config::from_args(args(&[
+            ("port", "abc"),
+            ("instagram-app-secret", "a,,b"),
+            ("webhook-max-body-bytes", "-1"),
+            ("event-retention", "forever"),
+            ("log-format", "xml"),
+        ]))
+        .unwrap_err();
+        let text = err.to_string();
+        for var in [
+            "PORT",
+            "INSTAGRAM_APP_SECRET",
+            "WEBHOOK_MAX_BODY_BYTES",
+            "EVENT_RETENTION",
+            "LOG_FORMAT",
+        ] {
+            assert!(text.contains(var), "{var} missing from {text}");
+        }
+        assert_eq!(err.problems.len(), 5);
+    }
+}

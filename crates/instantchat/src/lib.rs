@@ -1,0 +1,16 @@
+//! InstantChat on one machine.
+//!
+//! - [`single`]: ingest and gateway in one process on one port, over the in-process bus (or NATS
+//!   when `NATS_URL` is set): `instantchat dev` and `instantchat serve`.
+//! - [`tools`]: the operator's tools: `token` mints a client JWT, `send` POSTs a signed webhook.
+
+pub mod single;
+pub mod tools;
+
+/// `n` random bytes as hex, from the OS, for development secrets.
+pub fn random_hex(n: usize) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = vec![0u8; n];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}

@@ -1,0 +1,76 @@
+//! `instantchat`: the whole system on one machine, and the operator's tools.
+
+use clap::{Parser, Subcommand};
+use instantchat::{single, tools};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "instantchat",
+    version,
+    about = "InstantChat realtime backend: Instagram webhooks in, Socket.IO notifications out.",
+    after_help = "Start with `instantchat dev`: everything in one process, no NATS needed."
+)]
+struct Cli {
+    /// Log format: text or json.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text", global = true)]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run ingest and gateway in one process for development: generates missing secrets and
+    /// prints them with a ready-made token.
+    Dev(single::SingleArgs),
+    /// Run ingest and gateway in one process for a small install: secrets are required.
+    Serve(single::SingleArgs),
+    /// Mint a client JWT for the gateway.
+    Token(tools::TokenArgs),
+    /// Send a signed webhook to ingest, as Meta would.
+    Send(tools::SendArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("instantchat: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Dev(args) => {
+                init_tracing(&cli.log_format);
+                single::run(args, true).await
+            }
+            Command::Serve(args) => {
+                init_tracing(&cli.log_format);
+                single::run(args, false).await
+            }
+            Command::Token(args) => tools::token(args),
+            Command::Send(args) => tools::send(args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line (with its causes), never a backtrace.
+            eprintln!("instantchat: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,187 @@
+//! The single-process mode: ingest and gateway on one port, `/api/webhooks/instagram` and
+//! `/socket.io` side by side, over the in-process bus (resume included) or NATS.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use instantchat_broker::{EventBus, MemoryBus, NatsBus, Retention};
+use instantchat_gateway::{Gateway, GatewayOptions, shutdown_signal};
+use instantchat_ingest::{IngestSettings, IngestState, Secret, webhook_router};
+
+use crate::random_hex;
+use crate::tools::mint_token;
+
+/// Settings of `instantchat dev` and `instantchat serve`.
+#[derive(Debug, clap::Args)]
+pub struct SingleArgs {
+    /// TCP port for everything: webhooks, Socket.IO, health and metrics.
+    #[arg(long, env = "PORT", default_value_t = 3000)]
+    pub port: u16,
+    /// Address to bind (dev: 127.0.0.1; serve: 0.0.0.0).
+    #[arg(long, env = "BIND_ADDRESS")]
+    pub bind: Option<String>,
+    /// Use NATS JetStream at this URL instead of the in-process bus.
+    #[arg(long, env = "NATS_URL")]
+    pub nats_url: Option<String>,
+    /// Comma-separated app secrets that sign Meta's webhooks (dev: generated when unset).
+    #[arg(long, env = "INSTAGRAM_APP_SECRET", hide_env_values = true)]
+    pub app_secret: Option<String>,
+    /// Token Meta's subscription check must present (dev: generated when unset).
+    #[arg(long, env = "INSTAGRAM_WEBHOOK_VERIFY_TOKEN", hide_env_values = true)]
+    pub verify_token: Option<String>,
+    /// Largest webhook body accepted, in bytes.
+    #[arg(long, env = "WEBHOOK_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Events the in-process bus keeps for resume.
+    #[arg(long, env = "EVENT_MAX_COUNT", default_value_t = 100_000)]
+    pub max_events: u64,
+    #[command(flatten)]
+    pub gateway: GatewayOptions,
+}
+
+/// Runs until SIGINT/SIGTERM. `dev` fills in missing secrets and prints how to use them.
+pub async fn run(mut args: SingleArgs, dev: bool) -> anyhow::Result<()> {
+    let mut generated = Vec::new();
+    if dev {
+        if args.gateway.jwt_secret.is_none() && args.gateway.jwt_public_key.is_none() {
+            args.gateway.jwt_secret = Some(random_hex(24)?);
+            generated.push("JWT_SECRET");
+        }
+        if args.app_secret.is_none() {
+            args.app_secret = Some(random_hex(16)?);
+            generated.push("INSTAGRAM_APP_SECRET");
+        }
+        if args.verify_token.is_none() {
+            args.verify_token = Some(random_hex(8)?);
+            generated.push("INSTAGRAM_WEBHOOK_VERIFY_TOKEN");
+        }
+        if args.gateway.client_url == "http://localhost:3000" {
+            args.gateway.client_url =
+                format!("http://localhost:{0},http://127.0.0.1:{0}", args.port);
+        }
+    }
+    let mut problems = Vec::new();
+    let secrets: Vec<Secret> = args
+        .app_secret
+        .as_deref()
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(Secret::new)
+        .collect();
+    if secrets.is_empty() {
+        problems.push(
+            "INSTAGRAM_APP_SECRET: required (the app secret Meta signs webhooks with)".to_owned(),
+        );
+    }
+    let gateway_settings = match args.gateway.settings() {
+        Ok(s) => Some(s),
+        Err(e) => {
+            problems.extend(e.0);
+            None
+        }
+    };
+    let Some(gateway_settings) = gateway_settings.filter(|_| problems.is_empty()) else {
+        bail!(
+            "invalid configuration:\n  - {}\nRun with --help for every setting.",
+            problems.join("\n  - ")
+        );
+    };
+    let retention = Retention {
+        max_events: args.max_events,
+        ..Retention::default()
+    };
+    let bus: Arc<dyn EventBus> = match &args.nats_url {
+        Some(url) => Arc::new(
+            NatsBus::connect(url, "instantchat", retention)
+                .await
+                .with_context(|| format!("connecting to NATS at {url}"))?,
+        ),
+        None => Arc::new(MemoryBus::new(retention)),
+    };
+    let ingest = IngestState::new(
+        IngestSettings {
+            app_secrets: secrets,
+            verify_token: args.verify_token.clone().map(Secret::new),
+            max_body_bytes: args.max_body_bytes,
+        },
+        bus.clone(),
+    );
+    let gateway = Gateway::new(gateway_settings, bus.clone());
+    let router = gateway.router_with(webhook_router(ingest));
+    let bind = args
+        .bind
+        .clone()
+        .unwrap_or_else(|| if dev { "127.0.0.1" } else { "0.0.0.0" }.to_owned());
+    let listener = tokio::net::TcpListener::bind((bind.as_str(), args.port))
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {bind}:{}; is the port free? (set PORT)",
+                args.port
+            )
+        })?;
+    let port = listener.local_addr()?.port();
+    if dev {
+        print_banner(&args, port, &generated)?;
+    }
+    tracing::info!(%bind, port, bus = bus.kind(), "instantchat listening");
+    gateway
+        .serve_router(router, listener, shutdown_signal())
+        .await?;
+    Ok(())
+}
+
+fn print_banner(args: &SingleArgs, port: u16, generated: &[&str]) -> anyhow::Result<()> {
+    let jwt_secret = args.gateway.jwt_secret.clone().unwrap_or_default();
+    let app_secret = args.app_secret.clone().unwrap_or_default();
+    let token = if jwt_secret.is_empty() {
+        "(JWT_PUBLIC_KEY is set: mint tokens with your private key)".to_owned()
+    } else {
+        mint_token(
+            &jwt_secret,
+            "dev_user",
+            &["*".to_owned()],
+            Duration::from_secs(24 * 3600),
+        )?
+    };
+    let base = format!("http://127.0.0.1:{port}");
+    let bus = if args.nats_url.is_some() {
+        "NATS JetStream"
+    } else {
+        "in-process bus"
+    };
+    println!("InstantChat is running on {base} ({bus})");
+    println!();
+    println!("  Socket.IO:  {base}/socket.io    webhooks: {base}/api/webhooks/instagram");
+    println!("  health:     {base}/healthz      metrics:  {base}/metrics");
+    if !generated.is_empty() {
+        println!();
+        println!(
+            "Development secrets (generated now: {}):",
+            generated.join(", ")
+        );
+    } else {
+        println!();
+        println!("Secrets:");
+    }
+    println!("  export JWT_SECRET={jwt_secret}");
+    println!("  export INSTAGRAM_APP_SECRET={app_secret}");
+    println!(
+        "  export INSTAGRAM_WEBHOOK_VERIFY_TOKEN={}",
+        args.verify_token.clone().unwrap_or_default()
+    );
+    println!();
+    println!("Token for user dev_user, all accounts, valid 24 h:");
+    println!("  TOKEN={token}");
+    println!();
+    println!("Next, in another terminal (with the exports above):");
+    println!("  cargo run --release -p instantchat -- send --type comments --text 'Hello'");
+    println!();
+    // Tools that drive `dev` read these lines; flush so a pipe sees them at once.
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    Ok(())
+}

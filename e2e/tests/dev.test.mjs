@@ -1,0 +1,61 @@
+// `instantchat dev` as a user runs it: read the printed token and secrets, connect the official
+// socket.io-client, send a webhook with `instantchat send`, receive it; bad CLI input fails cleanly.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+import { freePort, connect, next, request, within, repoRoot, fixturesDir } from '../lib/harness.mjs';
+
+const bin = join(process.env.INSTANTCHAT_BIN_DIR ?? join(repoRoot, 'target', 'debug'), 'instantchat');
+let dev;
+let printed = '';
+let port;
+const cleanEnv = { PATH: process.env.PATH, RUST_LOG: 'warn' };
+
+before(async () => {
+  port = await freePort();
+  dev = spawn(bin, ['dev', '--port', String(port)], { env: cleanEnv, stdio: ['ignore', 'pipe', 'inherit'] });
+  await within(20000, 'the dev banner', new Promise((resolve) => {
+    dev.stdout.on('data', (chunk) => {
+      printed += chunk;
+      if (/^\s*TOKEN=\S+/m.test(printed) && /Next, in another terminal/.test(printed)) resolve();
+    });
+  }));
+});
+after(() => dev?.kill('SIGTERM'));
+
+const value = (name) => printed.match(new RegExp(`^\\s*(?:export )?${name}=(\\S+)`, 'm'))[1];
+
+test('dev prints a token that works, and instantchat send reaches the client', async () => {
+  const socket = connect({ url: `http://127.0.0.1:${port}` });
+  await next(socket, 'connect');
+  const auth = await request(socket, 'authenticate', { token: value('TOKEN'), userId: 'dev_user', timestamp: Date.now() });
+  assert.equal(auth.message, 'Authentication successful', JSON.stringify(auth));
+  await request(socket, 'subscribe', { eventTypes: ['comments'], userId: 'dev_user', timestamp: Date.now() });
+  const sent = spawnSync(bin, ['send', '--url', `http://127.0.0.1:${port}`, '--type', 'comments', '--account', '42', '--text', 'from the CLI'],
+    { env: { ...cleanEnv, INSTAGRAM_APP_SECRET: value('INSTAGRAM_APP_SECRET') }, encoding: 'utf8' });
+  assert.equal(sent.status, 0, sent.stderr);
+  const event = await next(socket, 'webhook_event');
+  assert.equal(event.content, 'from the CLI');
+  assert.equal(event.accountId, '42');
+  socket.close();
+});
+
+test('bad CLI input: one-line error, non-zero exit, no panic', () => {
+  const run = (args, env = {}) => spawnSync(bin, args, { env: { ...cleanEnv, ...env }, encoding: 'utf8' });
+  const cases = [
+    run(['dev', '--no-such-flag']),
+    run(['send', '--url', `http://127.0.0.1:${port}`, '/no/such/fixture.json'], { INSTAGRAM_APP_SECRET: 'x' }),
+    run(['send', '--url', 'http://127.0.0.1:1'], { INSTAGRAM_APP_SECRET: 'x' }),
+    run(['send', '--url', `http://127.0.0.1:${port}`, join(fixturesDir, 'f01_comments_dashboard_test.json')], { INSTAGRAM_APP_SECRET: 'wrong' }),
+    run(['token', '--ttl', 'soon'], { JWT_SECRET: 'x'.repeat(32) }),
+  ];
+  for (const r of cases) {
+    assert.notEqual(r.status, 0);
+    assert.doesNotMatch(r.stderr, /panicked|RUST_BACKTRACE/);
+    assert.ok(r.stderr.trim().length > 0);
+  }
+  assert.match(cases[1].stderr, /cannot read \/no\/such\/fixture.json/);
+  assert.match(cases[2].stderr, /is the server running/);
+  assert.match(cases[3].stderr, /401/);
+});
