@@ -69,7 +69,7 @@ function startProcess(name, bin, env) {
   return child;
 }
 
-async function stopProcess(child, signal = 'SIGTERM') {
+export async function stopProcess(child, signal = 'SIGTERM') {
   if (!child || child.exitCode !== null || child.signalCode !== null) return;
   const exited = new Promise((r) => child.once('exit', r));
   child.kill(signal);
@@ -99,6 +99,11 @@ export async function startSystem({ gateways = [{}], ingestEnv = {} } = {}) {
   }
   await waitHttp(`${sys.ingestUrl}/readyz`, 'ingest');
   for (const g of sys.gateways) await waitHttp(`${g.url}/readyz`, 'gateway');
+  sys.startNats = () => {
+    sys.nats = spawn(process.env.NATS_SERVER_BIN ?? 'nats-server',
+      ['-a', '127.0.0.1', '-p', String(sys.natsPort), '-js', '-sd', sys.storeDir], { stdio: 'ignore' });
+  };
+  sys.stopNats = () => stopProcess(sys.nats, 'SIGKILL');
   sys.stop = async () => {
     await Promise.all([...sys.gateways.map((g) => stopProcess(g.proc)), stopProcess(sys.ingest)]);
     await stopProcess(sys.nats, 'SIGKILL');

@@ -45,15 +45,32 @@ pub struct NatsBus {
     retention: Retention,
     /// Set once both streams exist; cleared when a publish finds a stream missing.
     streams_ready: Arc<AtomicBool>,
+    /// Whether this client creates and configures the streams (ingest) or only uses them.
+    manages_streams: bool,
     /// Counts (re)connections. Subscriptions recreate their consumers when it moves instead of
     /// waiting for missed heartbeats: ephemeral consumers do not outlive a server restart.
     connections: watch::Receiver<u64>,
 }
 
 impl NatsBus {
-    /// Connects to `url` (retrying in the background while NATS is down) and makes sure the
-    /// streams exist. `name` identifies this service in NATS's monitoring.
+    /// Connects to `url` (retrying in the background while NATS is down) and creates or updates
+    /// the streams with `retention`: for the service that owns them (ingest, or the single
+    /// process). `name` identifies this service in NATS's monitoring.
     pub async fn connect(url: &str, name: &str, retention: Retention) -> Result<Self, BusError> {
+        Self::connect_inner(url, name, Some(retention)).await
+    }
+
+    /// Connects as a reader (a gateway): the streams are used as they are, never reconfigured,
+    /// so gateways cannot undo ingest's retention settings.
+    pub async fn connect_reader(url: &str, name: &str) -> Result<Self, BusError> {
+        Self::connect_inner(url, name, None).await
+    }
+
+    async fn connect_inner(
+        url: &str,
+        name: &str,
+        manage: Option<Retention>,
+    ) -> Result<Self, BusError> {
         let (connected_tx, connections) = watch::channel(0u64);
         let client = async_nats::ConnectOptions::new()
             .name(name)
@@ -85,7 +102,8 @@ impl NatsBus {
         let bus = NatsBus {
             client,
             js,
-            retention,
+            retention: manage.unwrap_or_default(),
+            manages_streams: manage.is_some(),
             streams_ready: Arc::default(),
             connections,
         };
@@ -109,8 +127,22 @@ impl NatsBus {
         &self.client
     }
 
-    /// Creates or updates both streams with the configured retention (idempotent).
+    /// Creates or updates both streams with the configured retention (idempotent); a reader
+    /// only checks that they exist.
     pub async fn ensure_streams(&self) -> Result<(), BusError> {
+        if !self.manages_streams {
+            for name in [subjects::EVENTS_STREAM, subjects::WEBHOOKS_STREAM] {
+                self.js
+                    .get_stream(name)
+                    .await
+                    .map_err(|e| BusError::Stream {
+                        stream: name,
+                        reason: format!("{e}; ingest creates it at start-up"),
+                    })?;
+            }
+            self.streams_ready.store(true, Ordering::Release);
+            return Ok(());
+        }
         let r = self.retention;
         let events = stream::Config {
             name: subjects::EVENTS_STREAM.to_owned(),
@@ -212,6 +244,17 @@ async fn ordered(
     filters: Vec<String>,
     start: StartAt,
 ) -> Result<(pull::Ordered, u64), BusError> {
+    ordered_named(stream, filters, start)
+        .await
+        .map(|(m, pending, _)| (m, pending))
+}
+
+/// [`ordered`], also giving the consumer's name so a short-lived reader can delete it.
+async fn ordered_named(
+    stream: &stream::Stream,
+    filters: Vec<String>,
+    start: StartAt,
+) -> Result<(pull::Ordered, u64, String), BusError> {
     let deliver_policy = match start {
         StartAt::New => DeliverPolicy::New,
         StartAt::After(seq) => DeliverPolicy::ByStartSequence {
@@ -231,16 +274,15 @@ async fn ordered(
         })
         .await
         .map_err(|e| BusError::Subscribe(e.to_string()))?;
-    let pending = consumer
-        .info()
-        .await
-        .map(|i| i.num_pending)
-        .unwrap_or(u64::MAX);
+    let (pending, name) = match consumer.info().await {
+        Ok(info) => (info.num_pending, info.name.clone()),
+        Err(e) => return Err(BusError::Subscribe(e.to_string())),
+    };
     let messages = consumer
         .messages()
         .await
         .map_err(|e| BusError::Subscribe(e.to_string()))?;
-    Ok((messages, pending))
+    Ok((messages, pending, name))
 }
 
 #[async_trait::async_trait]
@@ -374,8 +416,14 @@ impl EventBus for NatsBus {
                 events: empty(),
             });
         }
-        let (messages, pending) =
-            ordered(&stream, interest.filter_subjects(), StartAt::After(after)).await?;
+        let (messages, pending, consumer) =
+            ordered_named(&stream, interest.filter_subjects(), StartAt::After(after)).await?;
+        // Replay consumers are deleted as soon as the replay ends (or is dropped), so a storm
+        // of resumes does not pile up consumers on the server.
+        let cleanup = DeleteOnDrop {
+            stream: stream.clone(),
+            consumer,
+        };
         if pending == 0 {
             return Ok(Replay {
                 complete,
@@ -388,7 +436,8 @@ impl EventBus for NatsBus {
         // seq bound alone would wait forever.)
         let take = usize::try_from(pending).unwrap_or(usize::MAX);
         let events = messages
-            .map(|m| {
+            .map(move |m| {
+                let _delete_when_done = &cleanup;
                 m.map_err(|e| BusError::Subscribe(e.to_string()))
                     .and_then(|m| decode(&m))
             })
@@ -436,4 +485,24 @@ impl EventBus for NatsBus {
 
 fn tokio_stream_from(mut rx: mpsc::Receiver<Result<Delivered, BusError>>) -> EventStream {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
+}
+
+/// Deletes an ephemeral consumer when dropped.
+struct DeleteOnDrop {
+    stream: stream::Stream,
+    consumer: String,
+}
+
+impl Drop for DeleteOnDrop {
+    fn drop(&mut self) {
+        let stream = self.stream.clone();
+        let consumer = std::mem::take(&mut self.consumer);
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                if let Err(e) = stream.delete_consumer(&consumer).await {
+                    tracing::debug!(error = %e, %consumer, "replay consumer not deleted; it expires by itself");
+                }
+            });
+        }
+    }
 }

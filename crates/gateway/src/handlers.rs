@@ -39,7 +39,10 @@ pub fn register(io: &SocketIo) {
     io.ns("/", on_connect.with(handshake));
 }
 
-/// Handshake middleware: draining, per-IP connection rate, and `auth.token` when given.
+/// Handshake middleware: draining, per-IP connection rate, `auth.token` when given; then all
+/// per-socket set-up. socketioxide answers the connect only after the middleware, while the
+/// connect handler runs later in its own task: handlers registered there could miss the
+/// client's first event, and a client leaving at once would never be counted out.
 async fn handshake(
     s: SocketRef,
     TryData(auth): TryData<Value>,
@@ -63,46 +66,42 @@ async fn handshake(
         return Err("Too many connections from this address; retry later".into());
     }
     let auth = auth.unwrap_or(Value::Null);
-    if let Some(since) = auth.get("since") {
-        let Some(since) = since.as_u64() else {
-            return Err("auth.since must be a non-negative integer".into());
-        };
-        s.extensions.insert(PendingSince(since));
-    }
-    let Some(token) = auth.get("token") else {
-        return Ok(());
+    let pending_since = match auth.get("since") {
+        None | Some(Value::Null) => None,
+        Some(since) => Some(
+            since
+                .as_u64()
+                .ok_or("auth.since must be a non-negative integer")?,
+        ),
     };
-    let Some(token) = token.as_str() else {
-        return Err(AuthError::Invalid.to_string());
+    let identity = match auth.get("token") {
+        None | Some(Value::Null) => None,
+        Some(token) => {
+            let Some(token) = token.as_str() else {
+                return Err(AuthError::Invalid.to_string());
+            };
+            let claimed = auth.get("userId").and_then(Value::as_str);
+            let identity = auth::verify(&hub.settings, token, claimed).map_err(|e| {
+                hub.metrics
+                    .auth_failures
+                    .get_or_create(&Metrics::label("reason", e.label()))
+                    .inc();
+                e.to_string()
+            })?;
+            if !hub.acquire_user(&identity.user_id) {
+                let e = AuthError::TooManyConnections;
+                hub.metrics
+                    .auth_failures
+                    .get_or_create(&Metrics::label("reason", e.label()))
+                    .inc();
+                return Err(e.to_string());
+            }
+            Some(identity)
+        }
     };
-    let claimed = auth.get("userId").and_then(Value::as_str);
-    let identity = auth::verify(&hub.settings, token, claimed).map_err(|e| {
-        hub.metrics
-            .auth_failures
-            .get_or_create(&Metrics::label("reason", e.label()))
-            .inc();
-        e.to_string()
-    })?;
-    if !hub.acquire_user(&identity.user_id) {
-        let e = AuthError::TooManyConnections;
-        hub.metrics
-            .auth_failures
-            .get_or_create(&Metrics::label("reason", e.label()))
-            .inc();
-        return Err(e.to_string());
-    }
-    s.extensions.insert(identity);
-    Ok(())
-}
-
-#[derive(Debug, Clone, Copy)]
-struct PendingSince(u64);
-
-async fn on_connect(s: SocketRef, State(hub): State<Arc<Hub>>) {
     hub.metrics.connections.inc();
     let session = SessionRef::new(hub.settings.socket_rate);
-    let handshake_identity = s.extensions.remove::<Identity>();
-    session.lock().pending_since = s.extensions.remove::<PendingSince>().map(|p| p.0);
+    session.lock().pending_since = pending_since;
     s.extensions.insert(session.clone());
     s.on("authenticate", on_authenticate);
     s.on("subscribe", on_subscribe);
@@ -111,8 +110,12 @@ async fn on_connect(s: SocketRef, State(hub): State<Arc<Hub>>) {
     s.on("test_connection", on_connection_info);
     s.on("heartbeat", on_heartbeat);
     s.on_disconnect(on_disconnect);
-    match handshake_identity {
-        Some(identity) => accept_identity(&hub, &s, &session, identity),
+    match identity {
+        Some(identity) => {
+            // Counted above; recorded here so the disconnect handler releases it.
+            session.lock().counted_user = Some(identity.user_id.clone());
+            accept_identity(&hub, &s, &session, identity);
+        }
         None => {
             // Disconnect sockets that never authenticate.
             let (hub, s, session) = (hub.clone(), s.clone(), session.clone());
@@ -124,17 +127,21 @@ async fn on_connect(s: SocketRef, State(hub): State<Arc<Hub>>) {
             });
         }
     }
+    Ok(())
 }
+
+/// Everything happens in [`handshake`]; see there why.
+async fn on_connect() {}
 
 /// Records a verified identity on the socket (first or renewed authentication).
 fn accept_identity(hub: &Arc<Hub>, s: &SocketRef, session: &SessionRef, identity: Identity) {
     let expires_at = identity.expires_at;
     let generation = {
         let mut state = session.lock();
-        if state.counted_user.is_none() {
-            state.counted_user = Some(identity.user_id.clone());
+        if state.identity.is_none() {
             hub.metrics.authenticated.inc();
         }
+        state.counted_user = Some(identity.user_id.clone());
         state.identity = Some(identity);
         state.auth_generation += 1;
         state.last_activity = Instant::now();
@@ -423,6 +430,8 @@ async fn on_subscribe(
 /// held meanwhile and reports `replay_complete`.
 async fn resume(hub: Arc<Hub>, s: SocketRef, session: SessionRef, since: u64) {
     hub.metrics.replays.inc();
+    // Replays take turns, so a storm of resumes cannot starve live delivery or the broker.
+    let _turn = hub.replay_slots.clone().acquire_owned().await;
     let (interest, types, scope) = {
         let mut state = session.lock();
         state.last_seq = state.last_seq.max(since);

@@ -17,7 +17,7 @@ use instantchat_event::WebhookEvent;
 use serde_json::value::RawValue;
 use socketioxide::SocketIo;
 use socketioxide::extract::SocketRef;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
 use crate::config::GatewaySettings;
 use crate::metrics::Metrics;
@@ -26,6 +26,11 @@ use crate::session::{SessionRef, TokenBucket, account_room, all_room};
 /// How long interest changes are gathered before the bus subscription is recreated, so a burst
 /// of connections costs one resubscription.
 const INTEREST_DEBOUNCE: Duration = Duration::from_millis(25);
+/// Resume replays running at once; the rest wait their turn.
+const REPLAY_CONCURRENCY: usize = 16;
+/// How long a socket found too slow may take to drain enough to be told to go; a client that
+/// stops reading altogether is closed by the engine's ping timeout instead.
+const SLOW_DISCONNECT_PATIENCE: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Default)]
 struct InterestCounts {
@@ -73,6 +78,8 @@ pub struct Hub {
     users: Mutex<HashMap<String, usize>>,
     ip_buckets: Mutex<HashMap<IpAddr, TokenBucket>>,
     draining: AtomicBool,
+    /// Resume replays that may run at once.
+    pub replay_slots: Arc<Semaphore>,
 }
 
 impl Hub {
@@ -88,6 +95,7 @@ impl Hub {
             users: Mutex::default(),
             ip_buckets: Mutex::default(),
             draining: AtomicBool::new(false),
+            replay_slots: Arc::new(Semaphore::new(REPLAY_CONCURRENCY)),
         })
     }
 
@@ -120,10 +128,6 @@ impl Hub {
         if old == new {
             return;
         }
-        if let Some(from) = from_seq {
-            let mut rewind = self.rewind.lock().unwrap_or_else(|p| p.into_inner());
-            *rewind = Some(rewind.map_or(from, |r| r.min(from)));
-        }
         let union = {
             let mut counts = self.interest.lock().unwrap_or_else(|p| p.into_inner());
             counts.apply(new, 1);
@@ -131,9 +135,16 @@ impl Hub {
             counts.union()
         };
         self.interest_tx.send_if_modified(|current| {
-            let changed = *current != union;
+            if *current == union {
+                // The bus subscription already carries these events: nothing to rewind.
+                return false;
+            }
+            if let Some(from) = from_seq {
+                let mut rewind = self.rewind.lock().unwrap_or_else(|p| p.into_inner());
+                *rewind = Some(rewind.map_or(from, |r| r.min(from)));
+            }
             *current = union;
-            changed
+            true
         });
     }
 
@@ -199,7 +210,7 @@ impl Hub {
                 continue;
             };
             let mut state = session.lock();
-            if d.seq <= state.last_seq {
+            if d.seq <= state.last_seq || state.slow {
                 continue;
             }
             if state.replaying {
@@ -229,12 +240,29 @@ impl Hub {
             .inc_by(sent);
     }
 
-    /// Never skip an event silently: a client that cannot keep up is cut off and resumes with
-    /// `since`.
+    /// Never skip an event silently: a client that cannot keep up gets nothing more and is
+    /// disconnected; it resumes with `since` from the last event it got. socketioxide refuses
+    /// to disconnect a socket whose buffer is full, so this retries until there is room.
     pub fn too_slow(&self, socket: SocketRef) {
+        if let Some(session) = socket.extensions.get::<SessionRef>() {
+            let mut state = session.lock();
+            if state.slow {
+                return;
+            }
+            state.slow = true;
+            state.held.clear();
+        }
         self.metrics.slow_disconnects.inc();
         tracing::info!(sid = %socket.id, "disconnecting a client too slow to keep up");
-        let _ = socket.disconnect();
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + SLOW_DISCONNECT_PATIENCE;
+            while socket.connected() && tokio::time::Instant::now() < deadline {
+                if socket.clone().disconnect().is_ok() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
     }
 
     /// Holds the gateway's bus subscription, following interest, and delivers every event.

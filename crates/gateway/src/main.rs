@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use instantchat_broker::{NatsBus, Retention};
+use instantchat_broker::NatsBus;
 use instantchat_gateway::{Gateway, GatewayArgs, shutdown_signal};
 
 #[tokio::main]
@@ -18,7 +18,7 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     init_tracing(&args.log_format);
-    let bus = NatsBus::connect(&args.nats_url, "instantchat-gateway", Retention::default())
+    let bus = NatsBus::connect_reader(&args.nats_url, "instantchat-gateway")
         .await
         .with_context(|| format!("connecting to NATS at {}", args.nats_url))?;
     let listener = tokio::net::TcpListener::bind((args.bind.as_str(), args.port))

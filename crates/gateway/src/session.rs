@@ -68,6 +68,8 @@ pub struct Session {
     pub held: Vec<(u64, Arc<RawValue>)>,
     /// `auth.since` from the handshake, applied by the first `subscribe` that has no `since`.
     pub pending_since: Option<u64>,
+    /// Found too slow: gets nothing more and is being disconnected.
+    pub slow: bool,
 }
 
 /// Shared handle to a [`Session`], kept in the socket's extensions.
@@ -90,6 +92,7 @@ impl SessionRef {
             replaying: false,
             held: Vec::new(),
             pending_since: None,
+            slow: false,
         })))
     }
 

@@ -99,7 +99,7 @@ async fn start_gateway(nats_url: &str, name: &str) -> Service {
     ])
     .expect("gateway flags parse");
     let settings = args.gateway.settings().expect("valid gateway settings");
-    let bus = NatsBus::connect(nats_url, name, Retention::default())
+    let bus = NatsBus::connect_reader(nats_url, name)
         .await
         .expect("gateway connects to NATS");
     let listener = TcpListener::bind("127.0.0.1:0")
@@ -256,35 +256,12 @@ async fn post_seed(
     post(http, ingest, body, &signature).await
 }
 
-/// Connects, then waits until the gateway answers requests on the new socket.
-///
-/// WORKAROUND for a gateway race (see
-/// [`a_request_sent_right_after_connect_is_answered`]): the gateway registers its event handlers
-/// in an async connect handler that socketioxide spawns *after* it has sent the CONNECT reply,
-/// so a request sent the moment the client is connected can be dropped silently. Probing with
-/// `heartbeat` (answered with or without authentication) until it is acked avoids that here;
-/// drop this once the handlers are registered before the CONNECT reply.
+/// Connects; the first request may follow at once (the gateway registers its handlers before it
+/// answers the connect).
 async fn connect_ready(gateway: &Service, auth: Option<&Value>, name: &str) -> SioClient {
-    let mut sio = SioClient::connect(&gateway.url, auth)
+    SioClient::connect(&gateway.url, auth)
         .await
-        .unwrap_or_else(|e| panic!("{name} connects: {e}"));
-    let deadline = Instant::now() + WAIT;
-    let probe = json!({ "timestamp": 0, "clientId": name });
-    loop {
-        match sio
-            .emit_with_ack("heartbeat", &probe, Duration::from_millis(500))
-            .await
-        {
-            Ok(reply) => {
-                assert!(reply["serverTime"].is_string(), "{name}: {reply}");
-                break;
-            }
-            Err(SioError::Timeout(..)) if Instant::now() < deadline => {}
-            Err(e) => panic!("{name}: the gateway never answers on the new socket: {e}"),
-        }
-    }
-    sio.drain_events();
-    sio
+        .unwrap_or_else(|e| panic!("{name} connects: {e}"))
 }
 
 /// A test client: who it is, what it may see and what it subscribed to.
@@ -494,13 +471,15 @@ async fn two_gateways_deliver_exactly_what_each_client_may_see() {
     let mut w = Client::start("watcher", &gw1, &["*"], &["messages"], false).await;
 
     // Asking for an account the token does not allow is refused; the subscriptions stay.
+    let foreign = json!({
+        "eventTypes": ["messages"],
+        "userId": "bob",
+        "accountIds": ["acct_1"],
+        "timestamp": 3,
+    });
     let refused = b
         .sio
-        .emit_with_ack(
-            "subscribe",
-            &json!({ "eventTypes": ["messages"], "userId": "bob", "accountIds": ["acct_1"], "timestamp": 3 }),
-            WAIT,
-        )
+        .emit_with_ack("subscribe", &foreign, WAIT)
         .await
         .expect("an ack");
     assert_eq!(refused["message"], "Account not allowed: acct_1");
@@ -562,7 +541,7 @@ async fn two_gateways_deliver_exactly_what_each_client_may_see() {
     );
     assert_eq!(
         b.expected(&stored).len(),
-        1 + 3,
+        4,
         "bob: c_2a and the 3 acct_2 comments of the burst"
     );
     check_all(&mut [&mut a1, &mut a2, &mut b, &mut w], &stored).await;
@@ -625,46 +604,80 @@ async fn two_gateways_deliver_exactly_what_each_client_may_see() {
 /// A client may send its first request the moment it is connected: socket.io-client flushes what
 /// was emitted before `connect` at once, and the seed's frontend emits `authenticate` in its
 /// `connect` listener. Every such request must be answered.
-///
-/// Ignored while the gateway has this race: `on_connect` (which calls `s.on(..)` for every
-/// event) is an async connect handler, and socketioxide 0.18 spawns it only after sending the
-/// CONNECT reply, so a packet that arrives first finds no handler and is dropped silently.
-/// Run with `-- --ignored` to see it; un-ignore once the handlers are registered in the
-/// connect middleware (awaited before the reply).
+/// (socketioxide answers the connect after the middleware but runs the connect handler later, so
+/// the gateway registers its handlers in the middleware.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "gateway race: handlers are registered after the CONNECT reply (see the doc comment)"]
 async fn a_request_sent_right_after_connect_is_answered() {
     const CLIENTS: usize = 20;
     let nats = NatsServer::start_new();
     let http = http();
     let gateway = start_gateway(&nats.url(), "gateway-race").await;
     get_ok(&http, &format!("{}/readyz", gateway.url)).await;
-    let attempts = (0..CLIENTS).map(|i| {
-        let url = gateway.url.clone();
-        async move {
-            let user = format!("racer_{i}");
-            let auth = json!({ "token": token(&user, &["acct_1"]) });
-            let sio = SioClient::connect(&url, Some(&auth))
-                .await
-                .unwrap_or_else(|e| panic!("{user} connects: {e}"));
-            let request = json!({ "eventTypes": ["comments"], "userId": user, "timestamp": 1 });
-            let answered = match sio
-                .emit_with_ack("subscribe", &request, Duration::from_secs(2))
-                .await
-            {
-                Ok(reply) => {
-                    assert_eq!(reply["eventTypes"], json!(["comments"]), "{user}: {reply}");
-                    true
-                }
-                Err(SioError::Timeout(..)) => false,
-                Err(e) => panic!("{user}: {e}"),
-            };
-            sio.disconnect().await;
-            answered
+    // One after the other, as a page load does: connect, then the first request at once.
+    let mut lost = Vec::new();
+    for i in 0..CLIENTS {
+        let user = format!("racer_{i}");
+        let auth = json!({ "token": token(&user, &["acct_1"]) });
+        let sio = SioClient::connect(&gateway.url, Some(&auth))
+            .await
+            .unwrap_or_else(|e| panic!("{user} connects: {e}"));
+        let request = json!({ "eventTypes": ["comments"], "userId": user, "timestamp": 1 });
+        match sio
+            .emit_with_ack("subscribe", &request, Duration::from_millis(500))
+            .await
+        {
+            Ok(reply) => assert_eq!(reply["eventTypes"], json!(["comments"]), "{user}: {reply}"),
+            Err(SioError::Timeout(..)) => lost.push(user),
+            Err(e) => panic!("{user}: {e}"),
         }
-    });
-    let answered = futures::future::join_all(attempts).await;
-    let lost = answered.iter().filter(|a| !**a).count();
+        sio.disconnect().await;
+    }
     gateway.shut_down("gateway").await;
-    assert_eq!(lost, 0, "{lost} of {CLIENTS} first requests got no answer");
+    assert!(
+        lost.is_empty(),
+        "{} of {CLIENTS} first requests got no answer: {lost:?}",
+        lost.len()
+    );
+}
+
+/// A client that leaves the moment it is connected (a page reload, a flaky network) must not
+/// leave anything counted behind: the connection gauge goes back to 0 and its user can connect
+/// again as often as it likes.
+///
+/// Ignored for the same race as `a_request_sent_right_after_connect_is_answered`: when the
+/// disconnect is processed before the spawned `on_connect` runs, `on_disconnect` was never
+/// registered, so `on_connect` later counts a connection (and, for handshake auth, the user's
+/// slot taken by the middleware) that nothing ever releases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_at_once_leaves_nothing_counted() {
+    const ROUNDS: usize = 20;
+    let nats = NatsServer::start_new();
+    let http = http();
+    let gateway = start_gateway(&nats.url(), "gateway-churn").await;
+    get_ok(&http, &format!("{}/readyz", gateway.url)).await;
+    let auth = json!({ "token": token("churner", &["acct_1"]) });
+    for _ in 0..ROUNDS {
+        let sio = SioClient::connect(&gateway.url, Some(&auth))
+            .await
+            .expect("connects");
+        sio.disconnect().await;
+    }
+    // Wait for the gauges to settle at 0 (or the deadline), then look.
+    let deadline = Instant::now() + WAIT;
+    let (open, authenticated) = loop {
+        let text = get_ok(&http, &format!("{}/metrics", gateway.url)).await;
+        let open = metric(&text, "instantchat_gateway_connections");
+        let authenticated = metric(&text, "instantchat_gateway_authenticated_connections");
+        if (open, authenticated) == (Some(0.0), Some(0.0)) || Instant::now() > deadline {
+            break (open, authenticated);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let again = SioClient::connect(&gateway.url, Some(&auth)).await;
+    gateway.shut_down("gateway").await;
+    assert!(
+        (open, authenticated) == (Some(0.0), Some(0.0)) && again.is_ok(),
+        "after {ROUNDS} quick leaves: {open:?} open and {authenticated:?} authenticated \
+         connections counted (want 0 and 0); connecting again: {again:?}"
+    );
 }

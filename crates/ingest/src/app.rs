@@ -15,7 +15,7 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use instantchat_broker::{BusError, EventBus, Outgoing, TraceContext};
 use instantchat_event::subjects;
-use instantchat_instagram::{Rejected, SignatureError, normalize, verify_signature};
+use instantchat_instagram::{SignatureError, normalize, verify_signature};
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -33,9 +33,6 @@ const READY_TIMEOUT: Duration = Duration::from_secs(2);
 /// A sender that trickles its body must not hold a connection forever; Meta itself gives up
 /// after about 20 s.
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
-/// Buffer reserved up front from `Content-Length`, capped so that an announced size alone costs
-/// no memory.
-const MAX_PREALLOCATION: usize = 64 * 1024;
 
 /// What the handlers share. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -257,10 +254,9 @@ async fn ingest(state: &IngestState, headers: &HeaderMap, body: Body) -> Result<
 
     let trace = trace_context(headers);
     let digest = hex::encode(Sha256::digest(&body));
-    let (events, rejected) = match normalize(&body, now_ms()) {
+    let (events, skipped, rejected) = match normalize(&body, now_ms()) {
         Ok(normalized) => {
             let rejected = (!normalized.skipped.is_empty()).then(|| {
-                state.inner.metrics.skipped(normalized.skipped.len());
                 normalized
                     .skipped
                     .iter()
@@ -268,11 +264,9 @@ async fn ingest(state: &IngestState, headers: &HeaderMap, body: Body) -> Result<
                     .collect::<Vec<_>>()
                     .join("; ")
             });
-            (normalized.events, rejected)
+            (normalized.events, normalized.skipped.len(), rejected)
         }
-        Err(reason @ (Rejected::NotJson | Rejected::UnknownShape(_))) => {
-            (Vec::new(), Some(reason.to_string()))
-        }
+        Err(reason) => (Vec::new(), 0, Some(reason.to_string())),
     };
     // The raw body goes on the raw subject when something was read from it, and on the rejected
     // subject when some or all of it could not be used; one batch, one wait for every PubAck.
@@ -306,6 +300,7 @@ async fn ingest(state: &IngestState, headers: &HeaderMap, body: Body) -> Result<
     );
 
     let acks = state.inner.bus.publish(batch).await?;
+    state.inner.metrics.skipped(skipped);
     let events = summaries
         .into_iter()
         .zip(acks.get(first_event..).unwrap_or_default())
@@ -338,14 +333,24 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
     if announced.is_some_and(|n| n > limit as u64) {
         return Err(AppError::TooLarge { limit });
     }
-    let mut buffer =
-        BytesMut::with_capacity(announced.map_or(0, |n| n as usize).min(MAX_PREALLOCATION));
+    // Chunks are kept as they arrive: a body that comes in one chunk (the usual case) is used
+    // without a copy.
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut len = 0;
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| AppError::BodyRead(e.to_string()))?;
-        if buffer.len() + chunk.len() > limit {
+        len += chunk.len();
+        if len > limit {
             return Err(AppError::TooLarge { limit });
         }
+        chunks.push(chunk);
+    }
+    if chunks.len() <= 1 {
+        return Ok(chunks.pop().unwrap_or_default());
+    }
+    let mut buffer = BytesMut::with_capacity(len);
+    for chunk in chunks {
         buffer.extend_from_slice(&chunk);
     }
     Ok(buffer.freeze())

@@ -9,6 +9,7 @@ use instantchat_broker::{EventBus, MemoryBus, NatsBus, Retention};
 use instantchat_gateway::{Gateway, GatewayOptions, shutdown_signal};
 use instantchat_ingest::{IngestSettings, IngestState, Secret, webhook_router};
 
+use crate::console::{self, DevLogin};
 use crate::random_hex;
 use crate::tools::mint_token;
 
@@ -110,7 +111,9 @@ pub async fn run(mut args: SingleArgs, dev: bool) -> anyhow::Result<()> {
         bus.clone(),
     );
     let gateway = Gateway::new(gateway_settings, bus.clone());
-    let router = gateway.router_with(webhook_router(ingest));
+    let dev_login = if dev { dev_login(&args)? } else { None };
+    let router =
+        gateway.router_with(webhook_router(ingest).merge(console::router(dev_login.clone())));
     let bind = args
         .bind
         .clone()
@@ -125,7 +128,7 @@ pub async fn run(mut args: SingleArgs, dev: bool) -> anyhow::Result<()> {
         })?;
     let port = listener.local_addr()?.port();
     if dev {
-        print_banner(&args, port, &generated)?;
+        print_banner(&args, port, &generated, dev_login.as_ref())?;
     }
     tracing::info!(%bind, port, bus = bus.kind(), "instantchat listening");
     gateway
@@ -134,19 +137,35 @@ pub async fn run(mut args: SingleArgs, dev: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_banner(args: &SingleArgs, port: u16, generated: &[&str]) -> anyhow::Result<()> {
+/// The token `dev` prints and offers the console: user dev_user, every account, 24 h.
+fn dev_login(args: &SingleArgs) -> anyhow::Result<Option<DevLogin>> {
+    let Some(jwt_secret) = args.gateway.jwt_secret.as_deref().filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    let token = mint_token(
+        jwt_secret,
+        "dev_user",
+        &["*".to_owned()],
+        Duration::from_secs(24 * 3600),
+    )?;
+    Ok(Some(DevLogin {
+        token,
+        user_id: "dev_user".to_owned(),
+    }))
+}
+
+fn print_banner(
+    args: &SingleArgs,
+    port: u16,
+    generated: &[&str],
+    login: Option<&DevLogin>,
+) -> anyhow::Result<()> {
     let jwt_secret = args.gateway.jwt_secret.clone().unwrap_or_default();
     let app_secret = args.app_secret.clone().unwrap_or_default();
-    let token = if jwt_secret.is_empty() {
-        "(JWT_PUBLIC_KEY is set: mint tokens with your private key)".to_owned()
-    } else {
-        mint_token(
-            &jwt_secret,
-            "dev_user",
-            &["*".to_owned()],
-            Duration::from_secs(24 * 3600),
-        )?
-    };
+    let token = login.map_or_else(
+        || "(JWT_PUBLIC_KEY is set: mint tokens with your private key)".to_owned(),
+        |l| l.token.clone(),
+    );
     let base = format!("http://127.0.0.1:{port}");
     let bus = if args.nats_url.is_some() {
         "NATS JetStream"
@@ -155,6 +174,7 @@ fn print_banner(args: &SingleArgs, port: u16, generated: &[&str]) -> anyhow::Res
     };
     println!("InstantChat is running on {base} ({bus})");
     println!();
+    println!("  console:    {base}/             (live events in the browser, dev token prefilled)");
     println!("  Socket.IO:  {base}/socket.io    webhooks: {base}/api/webhooks/instagram");
     println!("  health:     {base}/healthz      metrics:  {base}/metrics");
     if !generated.is_empty() {

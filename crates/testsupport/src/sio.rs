@@ -21,9 +21,11 @@
 //! use instantchat_testsupport::SioClient;
 //! use serde_json::json;
 //!
-//! let mut client = SioClient::connect("http://127.0.0.1:3000", Some(&json!({"token": "..."}))).await?;
+//! let auth = json!({"token": "..."});
+//! let mut client = SioClient::connect("http://127.0.0.1:3000", Some(&auth)).await?;
 //! let t = Duration::from_secs(5);
-//! let _confirmed = client.emit_with_ack("subscribe", &json!({"eventTypes": ["comments"]}), t).await?;
+//! let request = json!({"eventTypes": ["comments"]});
+//! let _confirmed = client.emit_with_ack("subscribe", &request, t).await?;
 //! let _event = client.wait_for_event("webhook_event", t, |e| e["accountId"] == "acct_1").await?;
 //! client.disconnect().await;
 //! # Ok(()) }

@@ -157,3 +157,27 @@ async fn the_seeds_simplified_body_is_accepted() {
         ("comments", "17841")
     );
 }
+
+#[tokio::test]
+async fn skipped_items_keep_the_body_on_the_rejected_subject_too() {
+    let app = spawn_app().await;
+    // The second entry's id cannot be a subject token: its item is skipped, the first is not.
+    let body = br#"{"object":"instagram","entry":[{"id":"17841","time":1744789255994,"messaging":[{"sender":{"id":"2"},"timestamp":1744789255335,"message":{"mid":"m_ok","text":"hi"}}]},{"id":"not.a.token","time":1744789255994,"messaging":[{"sender":{"id":"3"},"timestamp":1744789255335,"message":{"mid":"m_skipped","text":"lost?"}}]}]}"#;
+    let (events, rejected) = receipt(app.post_signed(body).await).await;
+    let ids: Vec<&str> = events.iter().map(|e| e.0.as_str()).collect();
+    assert_eq!(ids, ["messages:m_ok"]);
+    assert!(
+        rejected.as_str().is_some_and(|r| r.contains("entry[1]")),
+        "{rejected}"
+    );
+    for subject in [subjects::WEBHOOK_RAW, subjects::WEBHOOK_REJECTED] {
+        let (_, kept) = app.last_webhook_on(subject).await.expect(subject);
+        assert_eq!(kept, body, "{subject}");
+    }
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains(r#"instantchat_webhooks_total{outcome="accepted"} 1"#)
+            && metrics.contains("instantchat_webhook_items_skipped_total 1"),
+        "{metrics}"
+    );
+}

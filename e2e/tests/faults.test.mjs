@@ -1,0 +1,211 @@
+// No event lost: gateway SIGKILL, NATS restart, retention, slow clients and a reconnect storm,
+// with real processes and the official socket.io-client.
+import { test, describe } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  startSystem, connect, next, request, token, postWebhook, seedBody, sign, sleep, within, stopProcess,
+} from '../lib/harness.mjs';
+
+const lenient = { IP_CONNECT_RATE: '100000', IP_CONNECT_BURST: '100000', SOCKET_RATE_BURST: '1000' };
+
+/**
+ * A client that follows one account on `gateway`, and on `moveTo(other)` reconnects there with
+ * `since` = the largest seq it saw, as the frontend does after losing its connection.
+ */
+async function follower(gateway, { userId, account, types = ['comments'] }) {
+  const f = { ids: [], seqs: [], lastSeq: 0, replays: [] };
+  const attach = async (g, since) => {
+    const auth = { token: token({ userId, accounts: [account] }) };
+    const socket = connect(g, { auth });
+    socket.on('webhook_event', (e) => {
+      f.ids.push(e.id);
+      f.seqs.push(e.seq);
+      f.lastSeq = Math.max(f.lastSeq, e.seq);
+    });
+    socket.on('replay_complete', (r) => f.replays.push(r));
+    await next(socket, 'connect', () => true, 30000);
+    const payload = { eventTypes: types, userId, timestamp: Date.now() };
+    if (since !== undefined) payload.since = since;
+    await request(socket, 'subscribe', payload, 30000);
+    f.socket = socket;
+  };
+  await attach(gateway);
+  f.moveTo = (g) => attach(g, f.lastSeq);
+  return f;
+}
+
+/** POSTs until answered 200 (503 while the broker is down, as Meta retries); returns the id. */
+async function publish(sys, id, account, { onStatus = () => {} } = {}) {
+  const body = seedBody({ id, accountId: account });
+  for (let attempt = 0; attempt < 400; attempt++) {
+    const res = await postWebhook(sys, body, sign(body)).catch(() => ({ status: 0 }));
+    onStatus(res.status);
+    if (res.status === 200) return `comments:${id}`;
+    await sleep(50);
+  }
+  throw new Error(`webhook ${id} never accepted`);
+}
+
+async function allReceived(followers, expected, ms = 30000) {
+  await within(ms, `every client to have ${expected.length} events`, (async () => {
+    while (!followers.every((f) => f.ids.length >= expected.length)) await sleep(50);
+  })());
+  await sleep(300); // nothing more may arrive: a duplicate would show now
+  for (const f of followers) {
+    assert.deepEqual(f.ids, expected, 'every event exactly once, in order');
+    assert.ok(f.seqs.every((s, i) => i === 0 || s > f.seqs[i - 1]), 'seq increases');
+  }
+}
+
+test('SIGKILL a gateway while events flow: its clients resume on the other, losing nothing', async () => {
+  const sys = await startSystem({ gateways: [lenient, lenient] });
+  try {
+    const [g1, g2] = sys.gateways;
+    const onG1 = await Promise.all(Array.from({ length: 10 }, (_, i) => follower(g1, { userId: `k1_${i}`, account: 'acct_k' })));
+    const onG2 = await Promise.all(Array.from({ length: 10 }, (_, i) => follower(g2, { userId: `k2_${i}`, account: 'acct_k' })));
+    const expected = [];
+    for (let i = 0; i < 15; i++) expected.push(await publish(sys, `k${i}`, 'acct_k'));
+    await within(10000, 'first events', (async () => { while (!onG1.every((f) => f.ids.length === 15)) await sleep(20); })());
+    const publishing = (async () => {
+      for (let i = 15; i < 45; i++) { expected.push(await publish(sys, `k${i}`, 'acct_k')); await sleep(5); }
+    })();
+    await sleep(30);
+    g1.proc.kill('SIGKILL');
+    await Promise.all(onG1.map((f) => next(f.socket, 'disconnect', () => true, 10000)));
+    await Promise.all(onG1.map((f) => f.moveTo(g2)));
+    await publishing;
+    await allReceived([...onG1, ...onG2], expected);
+    for (const f of onG1) assert.ok(f.replays.length === 1 && f.replays[0].complete === true);
+    [...onG1, ...onG2].forEach((f) => f.socket.close());
+  } finally {
+    await sys.stop();
+  }
+});
+
+test('NATS stops mid-stream and comes back: 503s meanwhile, every accepted event delivered once', async () => {
+  const sys = await startSystem({ gateways: [lenient] });
+  try {
+    const clients = await Promise.all(Array.from({ length: 5 }, (_, i) => follower(sys.gateways[0], { userId: `n${i}`, account: 'acct_n' })));
+    const statuses = [];
+    const expected = [];
+    for (let i = 0; i < 10; i++) expected.push(await publish(sys, `n${i}`, 'acct_n'));
+    await sys.stopNats();
+    // While NATS is down nothing is acknowledged.
+    const down = await postWebhook(sys, seedBody({ id: 'while_down', accountId: 'acct_n' }));
+    assert.equal(down.status, 503);
+    const publishing = (async () => {
+      for (let i = 10; i < 25; i++) expected.push(await publish(sys, `n${i}`, 'acct_n', { onStatus: (s) => statuses.push(s) }));
+    })();
+    await sleep(1500);
+    sys.startNats();
+    await publishing;
+    assert.ok(statuses.includes(503), 'ingest answered 503 during the outage');
+    await allReceived(clients, expected, 40000);
+    clients.forEach((f) => f.socket.close());
+  } finally {
+    await sys.stop();
+  }
+});
+
+test('since older than retention gets complete: false; a recent since gets the gap', async () => {
+  const sys = await startSystem({ gateways: [lenient], ingestEnv: { EVENT_MAX_COUNT: '5' } });
+  try {
+    const expected = [];
+    for (let i = 0; i < 10; i++) expected.push(await publish(sys, `t${i}`, 'acct_t'));
+    const g = sys.gateways[0];
+    const old = connect(g, { auth: { token: token({ userId: 'old', accounts: ['acct_t'] }) } });
+    await next(old, 'connect');
+    await request(old, 'subscribe', { eventTypes: ['comments'], userId: 'old', timestamp: 1, since: 1 });
+    const stale = await next(old, 'replay_complete');
+    assert.equal(stale.complete, false);
+    assert.equal(stale.count, 5, 'what is still retained is replayed');
+    const recent = connect(g, { auth: { token: token({ userId: 'recent', accounts: ['acct_t'] }), since: 7 } });
+    await next(recent, 'connect');
+    await request(recent, 'subscribe', { eventTypes: ['comments'], userId: 'recent', timestamp: 1 });
+    const fresh = await next(recent, 'replay_complete');
+    assert.deepEqual([fresh.since, fresh.count, fresh.complete], [7, 3, true]);
+    assert.deepEqual(recent.events.filter((e) => e.event === 'webhook_event').map((e) => e.data.id), expected.slice(7));
+    old.close();
+    recent.close();
+  } finally {
+    await sys.stop();
+  }
+});
+
+test('a client too slow to keep up is disconnected and catches up by resume; a fast one gets everything', async () => {
+  const sys = await startSystem({ gateways: [{ ...lenient, CLIENT_BUFFER_PACKETS: '128' }] });
+  try {
+    const g = sys.gateways[0];
+    const fast = await follower(g, { userId: 'fast', account: 'acct_s', types: ['messages'] });
+    const slow = await follower(g, { userId: 'slow', account: 'acct_s', types: ['messages'] });
+    // Stop reading: the TCP window closes and the server's buffer for this socket fills.
+    slow.socket.io.engine.transport.ws._socket.pause();
+    const text = 'x'.repeat(8000);
+    const expected = [];
+    for (let b = 0; b < 80; b++) {
+      const messaging = Array.from({ length: 25 }, (_, i) => {
+        const mid = `slow_${b}_${i}`;
+        expected.push(`messages:${mid}`);
+        return { sender: { id: '1' }, recipient: { id: 'acct_s' }, timestamp: Date.now(), message: { mid, text } };
+      });
+      const body = Buffer.from(JSON.stringify({ object: 'instagram', entry: [{ id: 'acct_s', time: Date.now(), messaging }] }));
+      assert.equal((await postWebhook(sys, body)).status, 200);
+    }
+    await within(30000, 'the slow client to be cut off', (async () => {
+      for (;;) {
+        const metrics = await (await fetch(`${g.url}/metrics`)).text();
+        const m = metrics.match(/instantchat_gateway_slow_client_disconnects_total (\d+)/);
+        if (m && Number(m[1]) >= 1) return;
+        await sleep(100);
+      }
+    })());
+    const cut = next(slow.socket, 'disconnect', () => true, 20000);
+    slow.socket.io.engine.transport.ws._socket.resume();
+    await cut;
+    await slow.moveTo(g);
+    await allReceived([fast, slow], expected, 60000);
+    fast.socket.close();
+    slow.socket.close();
+  } finally {
+    await sys.stop();
+  }
+});
+
+describe('reconnect storm', () => {
+  test('2,000 clients lose their gateway at once and all resume on another, none losing an event', async () => {
+    const sys = await startSystem({ gateways: [lenient, lenient] });
+    try {
+      const [g1, g2] = sys.gateways;
+      const clients = [];
+      for (let batch = 0; batch < 20; batch++) {
+        clients.push(...await Promise.all(Array.from({ length: 100 }, (_, i) =>
+          follower(g1, { userId: `storm_${batch}_${i}`, account: `acct_storm_${i % 10}` }))));
+      }
+      const expected = Object.fromEntries(Array.from({ length: 10 }, (_, a) => [`acct_storm_${a}`, []]));
+      for (let i = 0; i < 20; i++) {
+        const account = `acct_storm_${i % 10}`;
+        expected[account].push(await publish(sys, `s${i}`, account));
+      }
+      g1.proc.kill('SIGKILL');
+      const started = Date.now();
+      await Promise.all(clients.map((f) => next(f.socket, 'disconnect', () => true, 20000)));
+      const publishing = (async () => {
+        for (let i = 20; i < 40; i++) {
+          const account = `acct_storm_${i % 10}`;
+          expected[account].push(await publish(sys, `s${i}`, account));
+        }
+      })();
+      await Promise.all(clients.map((f) => f.moveTo(g2)));
+      await publishing;
+      for (let a = 0; a < 10; a++) {
+        const mine = clients.filter((_, i) => i % 100 % 10 === a);
+        await allReceived(mine, expected[`acct_storm_${a}`], 60000);
+      }
+      const seconds = (Date.now() - started) / 1000;
+      console.log(`# storm: 2000 clients back and caught up in ${seconds.toFixed(1)} s`);
+      clients.forEach((f) => f.socket.close());
+    } finally {
+      await sys.stop();
+    }
+  });
+});
