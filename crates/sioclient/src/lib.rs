@@ -16,9 +16,9 @@
 //! long-polling, TLS (`wss://`).
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), instantchat_testsupport::SioError> {
+//! # async fn demo() -> Result<(), instantchat_sioclient::SioError> {
 //! use std::time::Duration;
-//! use instantchat_testsupport::SioClient;
+//! use instantchat_sioclient::SioClient;
 //! use serde_json::json;
 //!
 //! let auth = json!({"token": "..."});
