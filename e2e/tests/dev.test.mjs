@@ -4,7 +4,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { join } from 'node:path';
-import { freePort, connect, next, request, within, repoRoot, fixturesDir } from '../lib/harness.mjs';
+import { freePort, connect, next, request, within, sleep, repoRoot, fixturesDir } from '../lib/harness.mjs';
 
 const bin = join(process.env.INSTANTCHAT_BIN_DIR ?? join(repoRoot, 'target', 'debug'), 'instantchat');
 let dev;
@@ -41,6 +41,22 @@ test('dev prints a token that works, and instantchat send reaches the client', a
   socket.close();
 });
 
+test('instantchat tail prints the events a client sees', async () => {
+  const tail = spawn(bin, ['tail', '--url', `http://127.0.0.1:${port}`, '--types', 'mentions', '--count', '1'],
+    { env: { ...cleanEnv, INSTANTCHAT_TOKEN: value('TOKEN') }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  tail.stdout.on('data', (c) => { out += c; });
+  tail.stderr.on('data', (c) => { err += c; });
+  await within(10000, 'tail to subscribe', (async () => { while (!/subscribed/.test(err)) await sleep(20); })());
+  const sent = spawnSync(bin, ['send', '--url', `http://127.0.0.1:${port}`, '--type', 'mentions', '--account', '7', '--text', 'tailed'],
+    { env: { ...cleanEnv, INSTAGRAM_APP_SECRET: value('INSTAGRAM_APP_SECRET') }, encoding: 'utf8' });
+  assert.equal(sent.status, 0, sent.stderr);
+  const code = await within(10000, 'tail to exit after one event', new Promise((r) => tail.on('exit', r)));
+  assert.equal(code, 0, err);
+  assert.match(out, /mentions account=7 from=instantchat_cli tailed/);
+});
+
 test('bad CLI input: one-line error, non-zero exit, no panic', () => {
   const run = (args, env = {}) => spawnSync(bin, args, { env: { ...cleanEnv, ...env }, encoding: 'utf8' });
   const cases = [
@@ -49,6 +65,7 @@ test('bad CLI input: one-line error, non-zero exit, no panic', () => {
     run(['send', '--url', 'http://127.0.0.1:1'], { INSTAGRAM_APP_SECRET: 'x' }),
     run(['send', '--url', `http://127.0.0.1:${port}`, join(fixturesDir, 'f01_comments_dashboard_test.json')], { INSTAGRAM_APP_SECRET: 'wrong' }),
     run(['token', '--ttl', 'soon'], { JWT_SECRET: 'x'.repeat(32) }),
+    run(['tail', '--url', `http://127.0.0.1:${port}`], { INSTANTCHAT_TOKEN: 'not-a-token' }),
   ];
   for (const r of cases) {
     assert.notEqual(r.status, 0);

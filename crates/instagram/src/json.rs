@@ -1,6 +1,6 @@
-//! Borrowed views of raw JSON: the body is parsed once into [`RawValue`] slices of itself, and
-//! each layer is only looked into when a rule needs it. Nothing here allocates for the common
-//! case (keys and strings without escapes borrow from the body).
+//! Borrowed views of raw JSON: an object is its keys and the [`RawValue`] slices of its values,
+//! looked into only when a rule needs them. Keys and strings without escapes borrow from the
+//! body; values are copied into details as they came.
 
 use std::borrow::Cow;
 use std::fmt::{self, Write as _};
@@ -241,6 +241,9 @@ fn no_controls<E: serde::de::Error>(bytes: &[u8]) -> Result<&[u8], E> {
 /// serde_json's byte strings are UTF-8 except that lone surrogates are encoded as in WTF-8;
 /// each run of such bytes becomes one U+FFFD.
 fn from_wtf8(bytes: &[u8]) -> String {
+    if let Ok(s) = std::str::from_utf8(bytes) {
+        return s.to_owned();
+    }
     let mut out = String::with_capacity(bytes.len());
     let mut replaced = false;
     for chunk in bytes.utf8_chunks() {

@@ -1,8 +1,9 @@
 //! Webhook bodies to [`Event`]s, by the rules of PROTOCOL.md section 3.
 //!
-//! The body is parsed once into borrowed [`RawValue`] slices; each rule looks only at the keys it
-//! needs, and everything it does not carry in a top-level field is copied byte for byte into
-//! `details_json`, so nothing Meta sent is lost.
+//! The body is read in two passes over borrowed slices of itself: one walks the envelope down to
+//! the items (kept as [`RawValue`], hashed for derived ids), one reads each item with its payload.
+//! Each rule looks only at the keys it needs; everything it does not carry in a top-level field
+//! is copied byte for byte into `details_json`, so nothing Meta sent is lost.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -154,6 +155,14 @@ impl List {
             List::Messaging => "messaging",
         }
     }
+
+    /// Keys of an item that hold its payload, parsed in the same pass as the item.
+    fn payload_keys(self) -> &'static [&'static str] {
+        match self {
+            List::Changes => &["value"],
+            List::Messaging => &MESSAGING_KNOWN,
+        }
+    }
 }
 
 fn normalize_entry(
@@ -205,11 +214,7 @@ fn normalize_entry(
                     continue;
                 }
             };
-            let inline_keys: &[&str] = match list {
-                List::Changes => &CHANGES_INLINE,
-                List::Messaging => &MESSAGING_KNOWN,
-            };
-            let Some(item) = Obj::parse_inline(item_raw, inline_keys) else {
+            let Some(item) = Obj::parse_inline(item_raw, list.payload_keys()) else {
                 out.skip(index, i, format!("{}: not a JSON object", place()));
                 continue;
             };
@@ -271,8 +276,6 @@ fn change<'a>(item: &Obj<'a>) -> Result<Draft<'a>, String> {
     Ok(draft)
 }
 
-/// `changes[]` keys parsed in the same pass as their item.
-const CHANGES_INLINE: [&str; 1] = ["value"];
 /// `messaging[]` keys that are not the event itself.
 const MESSAGING_ENVELOPE: [&str; 3] = ["sender", "recipient", "timestamp"];
 /// `messaging[]` event keys with their own rule, preferred when an item has several keys.
@@ -322,21 +325,21 @@ fn messaging<'a>(item: &Obj<'a>) -> Result<Draft<'a>, String> {
             draft.carried.push(raw);
         }
     }
-    draft.with_object(item, &key, |d, p| match d.event_type.as_ref() {
-        "messages" => d.message(p),
+    draft.with_object(item, &key, |d, p| match key.as_ref() {
+        "message" => d.message(p),
         "message_edit" => {
             d.id = id_of(p, "mid")
                 .zip(id_of(p, "num_edit"))
                 .map(|(mid, n)| format!("edit:{mid}:{n}").into());
             d.content = d.take_string(p, "text");
         }
-        "message_reactions" => {
+        "reaction" => {
             // The `reaction` name stays in details even when it stands in for the emoji.
             d.content = d
                 .take_string(p, "emoji")
                 .or_else(|| p.get("reaction").and_then(json::string));
         }
-        "messaging_postbacks" => {
+        "postback" => {
             d.id = id_of(p, "mid");
             d.content = d.take_string(p, "title");
         }

@@ -196,8 +196,7 @@ fn check(body: &[u8]) -> usize {
             e.id.strip_prefix(&e.event_type)
                 .and_then(|r| r.strip_prefix(':'));
         assert!(rest.is_some_and(|r| !r.is_empty()), "{e:?}");
-        let details: Value = serde_json::from_str(&e.details_json).expect("details are JSON");
-        assert!(details.is_object(), "{e:?}");
+        assert!(details_are_a_json_object(&e.details_json), "{e:?}");
         let ts = e.timestamp.as_bytes();
         assert!(
             ts.len() == 24 && ts[10] == b'T' && ts[19] == b'.' && ts[23] == b'Z',
@@ -240,6 +239,19 @@ fn the_envelope_generator_reaches_the_rules() {
             types.contains(expected),
             "{expected} never generated: {types:?}"
         );
+    }
+}
+
+/// `details_json` is a JSON object that serde_json reads, except that numbers beyond f64 (`1e400`,
+/// valid JSON that serde_json refuses by default) are kept as Meta wrote them.
+fn details_are_a_json_object(details: &str) -> bool {
+    match serde_json::from_str::<Value>(details) {
+        Ok(value) => value.is_object(),
+        Err(e) => {
+            e.to_string().starts_with("number out of range")
+                && details.starts_with('{')
+                && serde_json::from_str::<&serde_json::value::RawValue>(details).is_ok()
+        }
     }
 }
 

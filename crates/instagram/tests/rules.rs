@@ -385,6 +385,12 @@ fn unknown_messaging_key_becomes_its_own_type() {
         json!({"recipient":{"id":"17841"},"ref":"x","text":"not content"})
     );
 
+    // Named like an event type with a rule of its own, it still follows the generic rule.
+    let e = one(&messaging("messages", r#"{"mid":"m","text":"t"}"#));
+    assert_eq!(e.event_type, "messages");
+    assert!(is_derived(&e.id, "messages"), "{}", e.id);
+    assert_eq!(e.content, None);
+
     // A payload that is not an object is kept whole under its key.
     let e = one(&messaging("pass_thread_control", "42"));
     assert_eq!(

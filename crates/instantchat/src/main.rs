@@ -29,6 +29,8 @@ enum Command {
     Token(tools::TokenArgs),
     /// Send a signed webhook to ingest, as Meta would.
     Send(tools::SendArgs),
+    /// Print a gateway's live events as a client sees them (resumes after a lost connection).
+    Tail(tools::TailArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -52,6 +54,7 @@ fn main() -> std::process::ExitCode {
             }
             Command::Token(args) => tools::token(args),
             Command::Send(args) => tools::send(args).await,
+            Command::Tail(args) => tools::tail(args).await,
         }
     });
     match result {

@@ -121,3 +121,135 @@ pub async fn send(args: SendArgs) -> anyhow::Result<()> {
     println!("{text}");
     Ok(())
 }
+
+/// Print the live events of a gateway as a client would see them.
+#[derive(Debug, clap::Args)]
+pub struct TailArgs {
+    /// Base URL of the gateway (or of the single-process server).
+    #[arg(long, env = "INSTANTCHAT_URL", default_value = "http://127.0.0.1:3000")]
+    pub url: String,
+    /// Client token (e.g. the one `instantchat dev` prints, or `instantchat token`).
+    #[arg(long, env = "INSTANTCHAT_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// Comma-separated event types to subscribe to.
+    #[arg(long, default_value = "comments,live_comments,mentions,messages")]
+    pub types: String,
+    /// Comma-separated account ids to narrow to (default: every account the token allows).
+    #[arg(long)]
+    pub accounts: Option<String>,
+    /// Replay what is stored after this seq first.
+    #[arg(long)]
+    pub since: Option<u64>,
+    /// Print each event as one JSON line instead of a readable line.
+    #[arg(long)]
+    pub json: bool,
+    /// Stop after this many events (default: run until interrupted).
+    #[arg(long)]
+    pub count: Option<u64>,
+}
+
+fn list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .collect()
+}
+
+/// Subscribes and prints events; on a lost connection, reconnects and resumes after the last seq.
+pub async fn tail(args: TailArgs) -> anyhow::Result<()> {
+    use instantchat_sioclient::{SioClient, SioError};
+    let mut since = args.since;
+    let mut printed = 0u64;
+    let mut attempt = 0u32;
+    loop {
+        let auth = json!({ "token": args.token });
+        let mut client = match SioClient::connect(&args.url, Some(&auth)).await {
+            Ok(c) => c,
+            Err(SioError::Refused(reason)) => bail!("the gateway refused the token: {reason}"),
+            Err(e) if attempt == 0 => bail!(
+                "cannot connect to {}: {e}; is the server running?",
+                args.url
+            ),
+            Err(e) => {
+                eprintln!("instantchat: reconnecting after: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                attempt += 1;
+                continue;
+            }
+        };
+        let mut request = json!({ "eventTypes": list(&args.types), "timestamp": 0 });
+        if let Some(accounts) = &args.accounts {
+            request["accountIds"] = json!(list(accounts));
+        }
+        if let Some(since) = since {
+            request["since"] = json!(since);
+        }
+        let reply = client
+            .emit_with_ack("subscribe", &request, Duration::from_secs(10))
+            .await?;
+        if let Some(message) = reply.get("message").and_then(|m| m.as_str()) {
+            bail!("subscribe refused: {message}");
+        }
+        if attempt == 0 {
+            eprintln!(
+                "instantchat: subscribed to {}; waiting for events (Ctrl-C to stop)",
+                reply["eventTypes"]
+            );
+        }
+        attempt += 1;
+        loop {
+            let (name, data) = match client.next_event(Duration::from_secs(3600)).await {
+                Ok(event) => event,
+                Err(SioError::Timeout(..)) => continue,
+                Err(e) => {
+                    eprintln!(
+                        "instantchat: connection lost ({e}); resuming after seq {}",
+                        since.unwrap_or(0)
+                    );
+                    break;
+                }
+            };
+            match name.as_str() {
+                "webhook_event" => {
+                    since = data["seq"].as_u64().or(since);
+                    if args.json {
+                        println!("{data}");
+                    } else {
+                        let who = data["sender"]["username"]
+                            .as_str()
+                            .or(data["sender"]["id"].as_str())
+                            .unwrap_or("-");
+                        println!(
+                            "#{} {} {} account={} from={} {}",
+                            data["seq"],
+                            data["timestamp"].as_str().unwrap_or(""),
+                            data["eventType"].as_str().unwrap_or(""),
+                            data["accountId"].as_str().unwrap_or(""),
+                            who,
+                            data["content"].as_str().unwrap_or("")
+                        );
+                    }
+                    printed += 1;
+                    if args.count.is_some_and(|c| printed >= c) {
+                        client.disconnect().await;
+                        return Ok(());
+                    }
+                }
+                "replay_complete" => eprintln!(
+                    "instantchat: replayed {} event(s) after seq {}{}",
+                    data["count"],
+                    data["since"],
+                    if data["complete"] == true {
+                        ""
+                    } else {
+                        " (older events are gone: reload)"
+                    }
+                ),
+                "auth_expired" => bail!("the token expired; mint a new one"),
+                "error" => eprintln!("instantchat: server error: {}", data["message"]),
+                _ => {}
+            }
+        }
+    }
+}
