@@ -1,0 +1,230 @@
+// The docker-compose.yml topology without Docker: one nats-server, one ingest and three gateways
+// (as `docker compose up --scale gateway=3`), each started with the `command` / `environment` that
+// docker-compose.yml gives it, interpolated from a test .env the way Compose does. Only what Docker
+// would provide differently is overridden: ports, the loopback address and NATS_URL. So the
+// compose file and the binaries' settings cannot drift apart unnoticed.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parse } from 'yaml';
+import {
+  repoRoot, freePort, within, sleep, token, sign, seedBody, connect, next, request,
+} from '../lib/harness.mjs';
+
+const binDir = process.env.INSTANTCHAT_BIN_DIR ?? join(repoRoot, 'target', 'debug');
+const compose = parse(readFileSync(join(repoRoot, 'docker-compose.yml'), 'utf8'));
+
+/** KEY=value lines of a .env file (comments and blank lines skipped). */
+function parseDotenv(text) {
+  const env = {};
+  for (const line of text.split('\n')) {
+    const m = line.match(/^\s*([A-Za-z_][A-Za-z0-9_]*)=(.*)$/);
+    if (m) env[m[1]] = m[2].trim().replace(/^(['"])(.*)\1$/, '$2');
+  }
+  return env;
+}
+
+/** Compose's interpolation: $$, $VAR, ${VAR}, ${VAR:-d}, ${VAR-d}, ${VAR:?e}, ${VAR?e}, ${VAR:+a}, ${VAR+a}. */
+function interpolate(value, env) {
+  return String(value).replace(/\$(\$|\{([^}]*)\}|([A-Za-z_][A-Za-z0-9_]*))/g, (whole, token, braced, bare) => {
+    if (token === '$') return '$';
+    const expr = braced ?? bare;
+    const m = expr.match(/^([A-Za-z_][A-Za-z0-9_]*)(?:(:?)([-?+])(.*))?$/s);
+    if (!m) throw new Error(`invalid interpolation ${whole}`);
+    const [, name, colon, op, arg] = m;
+    const set = Object.hasOwn(env, name);
+    const usable = colon ? set && env[name] !== '' : set;
+    if (op === '-') return usable ? env[name] : interpolate(arg, env);
+    if (op === '?') {
+      if (!usable) throw new Error(`${name}: ${arg || 'required'}`);
+      return env[name];
+    }
+    if (op === '+') return usable ? interpolate(arg, env) : '';
+    return set ? env[name] : '';
+  });
+}
+
+/** A service's `environment` from docker-compose.yml, interpolated. */
+function serviceEnv(name, dotenv) {
+  const svc = compose.services[name];
+  assert.ok(svc, `docker-compose.yml has a ${name} service`);
+  assert.equal(svc.env_file, undefined, `${name}: settings live in environment, not env_file`);
+  let env = svc.environment ?? {};
+  if (Array.isArray(env)) env = Object.fromEntries(env.map((e) => (e.includes('=') ? e.split(/=(.*)/s).slice(0, 2) : [e, dotenv[e] ?? ''])));
+  return Object.fromEntries(Object.entries(env).map(([k, v]) => [k, v === null ? (dotenv[k] ?? '') : interpolate(v, dotenv)]));
+}
+
+function startProcess(name, bin, args, env, output = 'inherit') {
+  const child = spawn(bin, args, { env: { PATH: process.env.PATH, ...env }, stdio: ['ignore', output, output] });
+  child.on('error', (e) => console.error(`${name}: ${e.message}`));
+  child.exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+  return child;
+}
+
+async function stop(child, signal = 'SIGTERM') {
+  if (!child || child.exitCode !== null || child.signalCode !== null) return child?.exited;
+  child.kill(signal);
+  return within(20000, 'process exit', child.exited).catch(() => child.kill('SIGKILL'));
+}
+
+async function waitOk(url, what, child, ms = 20000) {
+  const deadline = Date.now() + ms;
+  let last;
+  while (Date.now() < deadline) {
+    if (child && child.exitCode !== null) throw new Error(`${what} exited with code ${child.exitCode} before it was ready`);
+    try {
+      const res = await fetch(url);
+      if (res.ok) return;
+      last = `HTTP ${res.status}`;
+    } catch (e) {
+      last = e.message;
+    }
+    await sleep(50);
+  }
+  throw new Error(`${what} not ready at ${url} within ${ms} ms (${last})`);
+}
+
+// The test's .env: .env.example's variables, with test values for the secrets. Two app secrets,
+// as during a rotation (docs/deploy.md): webhooks signed with either are accepted.
+const OLD_APP_SECRET = 'compose-app-secret-old';
+const NEW_APP_SECRET = 'compose-app-secret-new';
+const dotenv = {
+  ...parseDotenv(readFileSync(join(repoRoot, '.env.example'), 'utf8')),
+  INSTAGRAM_APP_SECRET: `${OLD_APP_SECRET},${NEW_APP_SECRET}`,
+  INSTAGRAM_WEBHOOK_VERIFY_TOKEN: 'compose-verify-token',
+  JWT_SECRET: 'compose-jwt-secret-0123456789abcdef',
+  RUST_LOG: process.env.E2E_RUST_LOG ?? 'warn',
+};
+
+const sys = { gateways: [], sockets: [] };
+
+before(async () => {
+  sys.ingestEnv = serviceEnv('ingest', dotenv);
+  sys.gatewayEnv = serviceEnv('gateway', dotenv);
+  assert.ok((compose.services.gateway.deploy?.replicas ?? 1) >= 2, 'compose runs two or more gateways');
+
+  // nats: the compose command, with the store and monitoring port moved to this machine's free ones.
+  sys.storeDir = mkdtempSync(join(tmpdir(), 'instantchat-compose-'));
+  const natsPort = await freePort();
+  const monitorPort = await freePort();
+  const natsArgs = [...compose.services.nats.command];
+  const setArg = (flag, value) => {
+    const i = natsArgs.indexOf(flag);
+    assert.ok(i >= 0, `the nats command has ${flag}`);
+    natsArgs[i + 1] = value;
+  };
+  setArg('--store_dir', sys.storeDir);
+  setArg('--http_port', String(monitorPort));
+  natsArgs.push('-a', '127.0.0.1', '-p', String(natsPort));
+  sys.nats = startProcess('nats', process.env.NATS_SERVER_BIN ?? 'nats-server', natsArgs, {}, 'ignore');
+  // The compose healthcheck's URL, on the moved monitoring port.
+  const health = compose.services.nats.healthcheck.test.find((t) => String(t).startsWith('http://'));
+  await waitOk(health.replace(/^http:\/\/[^/]+/, `http://127.0.0.1:${monitorPort}`), 'nats (JetStream)', sys.nats);
+  const natsUrl = `nats://127.0.0.1:${natsPort}`;
+
+  sys.ingestPort = await freePort();
+  sys.ingestUrl = `http://127.0.0.1:${sys.ingestPort}`;
+  sys.ingest = startProcess('ingest', join(binDir, 'instantchat-ingest'), [],
+    { ...sys.ingestEnv, PORT: String(sys.ingestPort), NATS_URL: natsUrl });
+  for (let i = 0; i < 3; i++) {
+    const port = await freePort();
+    const proc = startProcess(`gateway ${i}`, join(binDir, 'instantchat-gateway'), [],
+      { ...sys.gatewayEnv, PORT: String(port), BIND_ADDRESS: '127.0.0.1', NATS_URL: natsUrl });
+    sys.gateways.push({ port, url: `http://127.0.0.1:${port}`, proc });
+  }
+  await waitOk(`${sys.ingestUrl}/readyz`, 'ingest', sys.ingest);
+  for (const g of sys.gateways) await waitOk(`${g.url}/readyz`, 'gateway', g.proc);
+});
+
+after(async () => {
+  for (const s of sys.sockets) s.close();
+  await Promise.all([...sys.gateways.map((g) => stop(g.proc)), stop(sys.ingest)]);
+  await stop(sys.nats, 'SIGKILL');
+  if (sys.storeDir) rmSync(sys.storeDir, { recursive: true, force: true });
+});
+
+/** A client of `gateway` following `comments`, authenticated with a token signed by compose's JWT_SECRET. */
+async function client(gateway, userId, since) {
+  const jwt = token({ userId, accounts: ['acct_compose'], secret: dotenv.JWT_SECRET });
+  const socket = connect(gateway);
+  sys.sockets.push(socket);
+  await next(socket, 'connect');
+  const auth = await request(socket, 'authenticate', { token: jwt, userId, timestamp: Date.now() });
+  assert.equal(auth.message, 'Authentication successful', JSON.stringify(auth));
+  const payload = { eventTypes: ['comments'], userId, timestamp: Date.now() };
+  if (since !== undefined) payload.since = since;
+  const confirmed = await request(socket, 'subscribe', payload);
+  assert.deepEqual(confirmed.eventTypes, ['comments']);
+  return socket;
+}
+
+async function postWebhook(id, secret) {
+  const body = seedBody({ id, accountId: 'acct_compose', text: `compose ${id}` });
+  const res = await fetch(`${sys.ingestUrl}/api/webhooks/instagram`, {
+    method: 'POST', body, headers: { 'content-type': 'application/json', 'x-hub-signature-256': sign(body, secret) },
+  });
+  return res.status;
+}
+
+test('the services start with exactly the compose environment', () => {
+  for (const [name, env] of [['ingest', sys.ingestEnv], ['gateway', sys.gatewayEnv]]) {
+    assert.equal(env.NATS_URL, 'nats://nats:4222', `${name} talks to the nats service`);
+    assert.ok(env.PORT, `${name} sets PORT`);
+  }
+  assert.equal(sys.ingestEnv.INSTAGRAM_APP_SECRET, `${OLD_APP_SECRET},${NEW_APP_SECRET}`);
+  assert.equal(sys.gatewayEnv.JWT_SECRET, dotenv.JWT_SECRET);
+  assert.throws(() => serviceEnv('gateway', { ...dotenv, JWT_SECRET: '' }), /JWT_SECRET/,
+    'compose refuses to start without JWT_SECRET');
+});
+
+test("Meta's subscription check uses compose's verify token", async () => {
+  const url = `${sys.ingestUrl}/api/webhooks/instagram?hub.mode=subscribe&hub.verify_token=compose-verify-token&hub.challenge=c42`;
+  const res = await fetch(url);
+  assert.equal(res.status, 200);
+  assert.equal(await res.text(), 'c42');
+});
+
+test('a webhook reaches clients on all three gateways; a stopped gateway\'s client resumes on another', async () => {
+  const users = ['on_gw0', 'on_gw1', 'on_gw2'];
+  const sockets = await Promise.all(sys.gateways.map((g, i) => client(g, users[i])));
+
+  // Signed with the old secret of the rotation pair.
+  assert.equal(await postWebhook('c1', OLD_APP_SECRET), 200);
+  const first = await Promise.all(sockets.map((s) => next(s, 'webhook_event', (e) => e.id === 'comments:c1')));
+  for (const e of first) assert.equal(e.content, 'compose c1');
+  assert.equal(new Set(first.map((e) => e.seq)).size, 1, 'one event, one seq, on every gateway');
+
+  // Gateway 2 stops (docker compose stop / scale down): it drains and its client is told to go.
+  const leaving = sockets[2];
+  const seen = Math.max(...leaving.events.filter((e) => e.event === 'webhook_event').map((e) => e.data.seq));
+  const disconnected = next(leaving, 'disconnect', () => true, 15000);
+  const exit = await stop(sys.gateways[2].proc, 'SIGTERM');
+  await disconnected;
+  assert.deepEqual(exit, { code: 0, signal: null }, 'the gateway drained and exited cleanly');
+
+  // While that client is away, a webhook signed with the new secret arrives.
+  assert.equal(await postWebhook('c2', NEW_APP_SECRET), 200);
+  for (const s of sockets.slice(0, 2)) await next(s, 'webhook_event', (e) => e.id === 'comments:c2');
+
+  // It reconnects (the load balancer now sends it to gateway 0) with since = the largest seq it saw.
+  const back = connect(sys.gateways[0]);
+  sys.sockets.push(back);
+  await next(back, 'connect');
+  const jwt = token({ userId: users[2], accounts: ['acct_compose'], secret: dotenv.JWT_SECRET });
+  await request(back, 'authenticate', { token: jwt, userId: users[2], timestamp: Date.now() });
+  const done = next(back, 'replay_complete', () => true, 15000);
+  await request(back, 'subscribe', { eventTypes: ['comments'], userId: users[2], timestamp: Date.now(), since: seen });
+  const complete = await done;
+  assert.deepEqual({ since: complete.since, count: complete.count, complete: complete.complete },
+    { since: seen, count: 1, complete: true });
+  const replayed = back.events.filter((e) => e.event === 'webhook_event').map((e) => e.data);
+  assert.deepEqual(replayed.map((e) => e.id), ['comments:c2'], 'the missed event, and not c1 again');
+  assert.ok(replayed[0].seq > seen);
+
+  // And it is live again on its new gateway.
+  assert.equal(await postWebhook('c3', NEW_APP_SECRET), 200);
+  await next(back, 'webhook_event', (e) => e.id === 'comments:c3');
+});
