@@ -1,8 +1,10 @@
-//! The HTTP side: Socket.IO on `/socket.io`, health, readiness, metrics, CORS; start and stop.
+//! The HTTP side: Socket.IO on `/socket.io`, health, readiness, metrics, the operator's view,
+//! CORS; start and stop.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
@@ -18,15 +20,21 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+use crate::admin::{self, AdminState};
 use crate::config::GatewaySettings;
 use crate::handlers;
 use crate::hub::Hub;
+
+/// A readiness probe must answer quickly even when the broker hangs.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A gateway ready to serve: its routes and the background tasks that feed it.
 pub struct Gateway {
     pub hub: Arc<Hub>,
     layer: SocketIoLayer,
     router: Router,
+    started: Instant,
+    started_at: SystemTime,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -55,6 +63,8 @@ impl Gateway {
             hub,
             layer,
             router: Router::new(),
+            started: Instant::now(),
+            started_at: SystemTime::now(),
         };
         let router = gateway.router_with(Router::new());
         Gateway { router, ..gateway }
@@ -63,6 +73,16 @@ impl Gateway {
     /// The routes, to serve alone.
     pub fn router(&self) -> Router {
         self.router.clone()
+    }
+
+    /// Reports `client`'s connection state on `/metrics` (`instantchat_gateway_nats_connected`).
+    pub fn watch_nats(&self, client: async_nats::Client) {
+        self.hub.metrics.watch_nats(client);
+    }
+
+    /// Adds metrics to this gateway's `/metrics` (the single-process mode adds ingest's).
+    pub fn register_metrics(&self, add: impl FnOnce(&mut prometheus_client::registry::Registry)) {
+        self.hub.metrics.register(add);
     }
 
     /// The gateway's routes merged with `extra` (the single-process mode adds the webhook route),
@@ -79,11 +99,21 @@ impl Gateway {
             .allow_origin(AllowOrigin::list(origins))
             .allow_methods([Method::GET, Method::POST])
             .allow_credentials(true);
-        Router::new()
+        let mut routes = Router::new()
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics))
-            .with_state(hub.clone())
+            .with_state(hub.clone());
+        // The operator's view exists only with a token.
+        if let Some(token) = &hub.settings.admin_token {
+            let state = AdminState::new(hub.clone(), token, self.started, self.started_at);
+            routes = routes.merge(
+                Router::new()
+                    .route("/admin/connections", get(admin::connections))
+                    .with_state(state),
+            );
+        }
+        routes
             .merge(extra)
             .layer(self.layer.clone())
             .layer(middleware::from_fn_with_state(
@@ -184,9 +214,14 @@ async fn readyz(State(hub): State<Arc<Hub>>) -> Response {
     if hub.is_draining() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
     }
-    match hub.bus.check_ready().await {
-        Ok(()) => (StatusCode::OK, "ready").into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}")).into_response(),
+    match tokio::time::timeout(READY_TIMEOUT, hub.bus.check_ready()).await {
+        Ok(Ok(())) => (StatusCode::OK, "ready").into_response(),
+        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}")).into_response(),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: the broker did not answer within {READY_TIMEOUT:?}"),
+        )
+            .into_response(),
     }
 }
 

@@ -83,6 +83,10 @@ pub struct GatewayOptions {
     /// Seconds a shutdown may take before remaining connections are dropped.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 10)]
     pub shutdown_timeout_secs: u64,
+    /// Bearer token of the operator's endpoint `GET /admin/connections`; unset: the endpoint
+    /// does not exist (404).
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
 }
 
 /// Which accounts an authenticated user may see.
@@ -111,6 +115,8 @@ pub struct GatewaySettings {
     pub max_client_payload_bytes: u64,
     pub client_buffer_packets: usize,
     pub shutdown_timeout: Duration,
+    /// Token of `GET /admin/connections`; `None`: the endpoint is off.
+    pub admin_token: Option<String>,
 }
 
 impl std::fmt::Debug for GatewaySettings {
@@ -120,6 +126,10 @@ impl std::fmt::Debug for GatewaySettings {
             .field("jwt_algorithm", &self.jwt_algorithm)
             .field("allowed_origins", &self.allowed_origins)
             .field("account_access", &self.account_access)
+            .field(
+                "admin_token",
+                &self.admin_token.as_ref().map(|_| "<redacted>"),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -221,6 +231,17 @@ impl GatewayOptions {
         if self.client_buffer_packets < 16 {
             problems.push("CLIENT_BUFFER_PACKETS: must be at least 16".into());
         }
+        let admin_token = self
+            .admin_token
+            .as_deref()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned);
+        if admin_token.as_ref().is_some_and(|t| t.len() < 16) {
+            problems.push(
+                "ADMIN_TOKEN: must be at least 16 characters; use a long random value".into(),
+            );
+        }
         match jwt_key {
             Some(jwt_key) if problems.is_empty() => Ok(GatewaySettings {
                 jwt_key,
@@ -237,6 +258,7 @@ impl GatewayOptions {
                 max_client_payload_bytes: self.max_client_payload_bytes,
                 client_buffer_packets: self.client_buffer_packets,
                 shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs),
+                admin_token,
             }),
             _ => Err(ConfigError(problems)),
         }

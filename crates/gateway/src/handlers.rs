@@ -103,6 +103,7 @@ async fn handshake(
     let session = SessionRef::new(hub.settings.socket_rate);
     session.lock().pending_since = pending_since;
     s.extensions.insert(session.clone());
+    s.extensions.insert(crate::admin::ConnectedAt::now());
     s.on("authenticate", on_authenticate);
     s.on("subscribe", on_subscribe);
     s.on("unsubscribe", on_unsubscribe);
@@ -517,6 +518,7 @@ async fn resume(hub: Arc<Hub>, s: SocketRef, session: SessionRef, since: u64) {
         }
         state.replaying = false;
     }
+    hub.metrics.replayed_events.inc_by(count);
     let _ = s.emit(
         "replay_complete",
         &json!({ "since": since, "count": count, "complete": complete, "timestamp": now_ms() }),

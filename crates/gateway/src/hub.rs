@@ -14,12 +14,14 @@ use std::time::Duration;
 use futures::StreamExt;
 use instantchat_broker::{Delivered, EventBus, Interest, StartAt};
 use instantchat_event::WebhookEvent;
+use instantchat_telemetry::SPAN_TARGET;
 use serde_json::value::RawValue;
 use socketioxide::SocketIo;
 use socketioxide::extract::SocketRef;
 use tokio::sync::{Semaphore, watch};
 
 use crate::config::GatewaySettings;
+use crate::handlers::now_ms;
 use crate::metrics::Metrics;
 use crate::session::{SessionRef, TokenBucket, account_room, all_room};
 
@@ -100,6 +102,7 @@ impl Hub {
     }
 
     pub(crate) fn set_io(&self, io: SocketIo) {
+        self.metrics.set_io(io.clone());
         let _ = self.io.set(io);
     }
 
@@ -186,12 +189,30 @@ impl Hub {
     fn deliver(&self, io: &SocketIo, d: &Delivered) {
         self.metrics.received.inc();
         let e = &d.event;
+        // One span per event (not per socket), a child of ingest's webhook span when the event
+        // carries its trace context. Disabled, and free, when tracing is off.
+        let span = tracing::info_span!(
+            target: SPAN_TARGET,
+            "deliver",
+            seq = d.seq,
+            event_type = %e.event_type,
+            account = %e.account_id,
+            sockets = tracing::field::Empty,
+            sent = tracing::field::Empty,
+        );
+        instantchat_telemetry::set_parent(
+            &span,
+            d.trace.traceparent.as_deref(),
+            d.trace.tracestate.as_deref(),
+        );
+        let _entered = span.enter();
         let sockets = io
             .to([
                 account_room(&e.account_id, &e.event_type),
                 all_room(&e.event_type),
             ])
             .sockets();
+        span.record("sockets", sockets.len());
         tracing::trace!(seq = d.seq, sockets = sockets.len(), "fan-out");
         if sockets.is_empty() {
             return;
@@ -238,6 +259,10 @@ impl Hub {
             .delivered
             .get_or_create(&Metrics::label("event_type", e.event_type.clone()))
             .inc_by(sent);
+        span.record("sent", sent);
+        if sent > 0 {
+            self.metrics.observe_latency(e.received_at_ms, now_ms());
+        }
     }
 
     /// Never skip an event silently: a client that cannot keep up gets nothing more and is

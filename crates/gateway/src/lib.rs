@@ -5,12 +5,14 @@
 //! - [`handlers`]: the handshake and every client event with its reply.
 //! - [`session`]: per-socket state (subscriptions, rooms, rate budget, last seq sent).
 //! - [`hub`]: shared state, interest that follows connections, and the fan-out from the bus.
-//! - [`app`]: the HTTP routes (`/socket.io`, `/healthz`, `/readyz`, `/metrics`), CORS, serving
-//!   and graceful shutdown.
+//! - [`app`]: the HTTP routes (`/socket.io`, `/healthz`, `/readyz`, `/metrics`,
+//!   `/admin/connections`), CORS, serving and graceful shutdown.
 //! - [`metrics`]: Prometheus metrics.
+//! - [`admin`]: the operator's view, `GET /admin/connections` (only with `ADMIN_TOKEN`).
 //!
 //! Gateways never talk to each other: each takes from the bus only what its clients may see.
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod config;

@@ -17,7 +17,8 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
-    init_tracing(&args.log_format);
+    // Flushes pending spans when main returns.
+    let _telemetry = instantchat_telemetry::init("instantchat-gateway", &args.log_format);
     let bus = NatsBus::connect_reader(&args.nats_url, "instantchat-gateway")
         .await
         .with_context(|| format!("connecting to NATS at {}", args.nats_url))?;
@@ -30,19 +31,9 @@ async fn main() -> anyhow::Result<()> {
             )
         })?;
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");
-    Gateway::new(settings, Arc::new(bus))
-        .serve(listener, shutdown_signal())
-        .await?;
+    let client = bus.client().clone();
+    let gateway = Gateway::new(settings, Arc::new(bus));
+    gateway.watch_nats(client);
+    gateway.serve(listener, shutdown_signal()).await?;
     Ok(())
-}
-
-fn init_tracing(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
 }

@@ -611,6 +611,8 @@ async fn a_request_sent_right_after_connect_is_answered() {
     const CLIENTS: usize = 20;
     let nats = NatsServer::start_new();
     let http = http();
+    // Ingest owns the streams; gateways only read them.
+    let _ingest = start_ingest(&nats.url()).await;
     let gateway = start_gateway(&nats.url(), "gateway-race").await;
     get_ok(&http, &format!("{}/readyz", gateway.url)).await;
     // One after the other, as a page load does: connect, then the first request at once.
@@ -653,6 +655,8 @@ async fn a_client_leaving_at_once_leaves_nothing_counted() {
     const ROUNDS: usize = 20;
     let nats = NatsServer::start_new();
     let http = http();
+    // Ingest owns the streams; gateways only read them.
+    let _ingest = start_ingest(&nats.url()).await;
     let gateway = start_gateway(&nats.url(), "gateway-churn").await;
     get_ok(&http, &format!("{}/readyz", gateway.url)).await;
     let auth = json!({ "token": token("churner", &["acct_1"]) });

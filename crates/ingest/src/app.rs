@@ -16,10 +16,14 @@ use futures::StreamExt;
 use instantchat_broker::{BusError, EventBus, Outgoing, TraceContext};
 use instantchat_event::subjects;
 use instantchat_instagram::{SignatureError, normalize, verify_signature};
+use instantchat_telemetry::SPAN_TARGET;
+use instantchat_telemetry::metrics::ProcessMemory;
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use tracing::Instrument;
+use tracing::field::Empty;
 
 use crate::config::IngestSettings;
 use crate::metrics::{Metrics, Outcome};
@@ -54,6 +58,7 @@ impl IngestState {
         let metrics = Metrics::default();
         let mut registry = Registry::default();
         metrics.register(&mut registry);
+        ProcessMemory::register(&mut registry);
         IngestState {
             inner: Arc::new(Inner {
                 settings,
@@ -221,7 +226,27 @@ async fn receive_webhook(
     body: Body,
 ) -> Result<Json<Receipt>, AppError> {
     let started = Instant::now();
-    let result = ingest(&state, &headers, body).await;
+    // The root of the trace that follows this webhook's events to the sockets (a caller that
+    // sends its own W3C context continues its trace). Disabled, and free, when tracing is off.
+    let span = tracing::info_span!(
+        target: SPAN_TARGET,
+        "webhook",
+        otel.kind = "server",
+        http.request.method = "POST",
+        url.path = WEBHOOK_PATH,
+        outcome = Empty,
+        events = Empty,
+        otel.status_code = Empty,
+    );
+    let caller = trace_context(&headers);
+    instantchat_telemetry::set_parent(
+        &span,
+        caller.traceparent.as_deref(),
+        caller.tracestate.as_deref(),
+    );
+    let result = ingest(&state, &headers, body)
+        .instrument(span.clone())
+        .await;
     let outcome = match &result {
         Ok(receipt) if receipt.events.is_empty() && receipt.rejected.is_some() => {
             Outcome::RejectedBody
@@ -230,6 +255,16 @@ async fn receive_webhook(
         Err(e) => e.outcome(),
     };
     state.inner.metrics.webhook(outcome, started.elapsed());
+    span.record("outcome", outcome.label());
+    match &result {
+        Ok(receipt) => {
+            span.record("events", receipt.events.len());
+        }
+        Err(AppError::Bus(_)) => {
+            span.record("otel.status_code", "ERROR");
+        }
+        Err(_) => {}
+    }
     match &result {
         Err(e @ AppError::Bus(_)) => tracing::warn!(error = %e, "webhook not acknowledged: 503"),
         Err(e) => tracing::info!(error = %e, "webhook refused"),
@@ -252,9 +287,14 @@ async fn ingest(state: &IngestState, headers: &HeaderMap, body: Body) -> Result<
         .map(|v| v.to_str().unwrap_or(""));
     verify_signature(&settings.app_secrets, signature, &body)?;
 
-    let trace = trace_context(headers);
+    let trace = outgoing_trace(headers);
     let digest = hex::encode(Sha256::digest(&body));
-    let (events, skipped, rejected) = match normalize(&body, now_ms()) {
+    let normalized = {
+        let _normalize =
+            tracing::info_span!(target: SPAN_TARGET, "normalize", bytes = body.len()).entered();
+        normalize(&body, now_ms())
+    };
+    let (events, skipped, rejected) = match normalized {
         Ok(normalized) => {
             let rejected = (!normalized.skipped.is_empty()).then(|| {
                 normalized
@@ -299,7 +339,13 @@ async fn ingest(state: &IngestState, headers: &HeaderMap, body: Body) -> Result<
             .map(|e| Outgoing::event(e, trace.clone())),
     );
 
-    let acks = state.inner.bus.publish(batch).await?;
+    let publish = tracing::info_span!(
+        target: SPAN_TARGET,
+        "publish",
+        otel.kind = "producer",
+        messages = batch.len(),
+    );
+    let acks = state.inner.bus.publish(batch).instrument(publish).await?;
     state.inner.metrics.skipped(skipped);
     let events = summaries
         .into_iter()
@@ -356,7 +402,21 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
     Ok(buffer.freeze())
 }
 
-/// Carries a caller's W3C trace context on to the broker, so one trace spans the path.
+/// The trace context every message of this webhook carries to the gateways: the current
+/// (`webhook`) span's when tracing is on, else the caller's own, passed through unchanged.
+fn outgoing_trace(headers: &HeaderMap) -> TraceContext {
+    let injected = instantchat_telemetry::inject(&tracing::Span::current());
+    if injected.traceparent.is_some() {
+        TraceContext {
+            traceparent: injected.traceparent,
+            tracestate: injected.tracestate,
+        }
+    } else {
+        trace_context(headers)
+    }
+}
+
+/// A caller's W3C trace context (`traceparent`, `tracestate` headers).
 fn trace_context(headers: &HeaderMap) -> TraceContext {
     let get = |name: &str| {
         headers

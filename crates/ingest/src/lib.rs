@@ -6,7 +6,8 @@
 //!   [`IngestSettings`] is the part the handlers need.
 //! - [`app`]: [`router`] / [`webhook_router`] over an [`IngestState`], the handlers, and the one
 //!   [`AppError`] the HTTP edge answers with.
-//! - [`metrics`]: the Prometheus counters and histogram served on `/metrics`.
+//! - [`metrics`]: the Prometheus counters and histogram served on `/metrics` (with the NATS
+//!   connection state and the process's resident memory).
 //! - [`shutdown`]: SIGINT / SIGTERM as a future.
 //! - [`Application`]: binds the port, connects to NATS and serves until a shutdown future
 //!   resolves, then drains in-flight requests and closes the bus. Tests and benchmarks drive it
@@ -64,7 +65,10 @@ impl Application {
     /// starts anyway, not ready) and binds `0.0.0.0:<port>`.
     pub async fn build(config: Config) -> Result<Self, StartError> {
         let bus = NatsBus::connect(&config.nats_url, SERVICE_NAME, config.retention).await?;
-        Self::with_bus(config.port, config.ingest, Arc::new(bus)).await
+        let client = bus.client().clone();
+        let app = Self::with_bus(config.port, config.ingest, Arc::new(bus)).await?;
+        app.state.metrics().watch_nats(client);
+        Ok(app)
     }
 
     /// Binds `0.0.0.0:<port>` and serves the ingest routes over `bus`.

@@ -1,9 +1,9 @@
-//! `instantchat-ingest`: parse the configuration (every problem at once, exit 2), set up logs,
-//! serve until SIGINT/SIGTERM.
+//! `instantchat-ingest`: parse the configuration (every problem at once, exit 2), set up logs
+//! (and traces when `OTEL_EXPORTER_OTLP_ENDPOINT` is set), serve until SIGINT/SIGTERM.
 
 use clap::Parser;
-use instantchat_ingest::{Application, Args, Config, LogFormat, shutdown};
-use tracing_subscriber::EnvFilter;
+use instantchat_ingest::{Application, Args, Config, LogFormat, SERVICE_NAME, shutdown};
+use instantchat_telemetry::{Exporter, Settings};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -14,11 +14,17 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
-    let subscriber = tracing_subscriber::fmt().with_env_filter(EnvFilter::new(&config.log_filter));
-    match config.log_format {
-        LogFormat::Json => subscriber.json().init(),
-        LogFormat::Text => subscriber.init(),
-    }
+    // Flushes pending spans when main returns.
+    let _telemetry = instantchat_telemetry::init_with(Settings {
+        service_name: SERVICE_NAME.to_owned(),
+        log_format: match config.log_format {
+            LogFormat::Json => instantchat_telemetry::LogFormat::Json,
+            LogFormat::Text => instantchat_telemetry::LogFormat::Text,
+        },
+        log_filter: Some(config.log_filter.clone()),
+        exporter: Exporter::from_env(),
+        otlp_traces_endpoint: None,
+    });
     let app = Application::build(config).await?;
     app.run_until_stopped(shutdown::signal()).await?;
     Ok(())

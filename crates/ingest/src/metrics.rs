@@ -1,6 +1,10 @@
 //! Prometheus metrics of the ingest path, served as text on `GET /metrics`.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use async_nats::connection::State;
+use instantchat_telemetry::metrics::ProbeGauge;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -26,7 +30,8 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    fn label(self) -> &'static str {
+    /// The `outcome` label (also recorded on the `webhook` span).
+    pub fn label(self) -> &'static str {
         match self {
             Outcome::Accepted => "accepted",
             Outcome::BadSignature => "bad_signature",
@@ -57,6 +62,8 @@ pub struct Metrics {
     events: Family<EventLabels, Counter>,
     skipped_items: Counter,
     duration: Histogram,
+    /// The NATS client whose state `instantchat_ingest_nats_connected` reports (unset: absent).
+    nats: Arc<OnceLock<async_nats::Client>>,
 }
 
 impl Default for Metrics {
@@ -68,6 +75,7 @@ impl Default for Metrics {
             // 0.5 ms .. ~8 s: a PubAck on a healthy broker takes about a millisecond, a broker
             // failing over takes seconds.
             duration: Histogram::new(exponential_buckets(0.0005, 2.0, 15)),
+            nats: Arc::default(),
         }
     }
 }
@@ -96,6 +104,20 @@ impl Metrics {
             Unit::Seconds,
             self.duration.clone(),
         );
+        let nats = self.nats.clone();
+        registry.register_collector(Box::new(ProbeGauge::new(
+            "instantchat_ingest_nats_connected",
+            "1 while ingest's NATS connection is up, else 0",
+            move || {
+                nats.get()
+                    .map(|c| i64::from(c.connection_state() == State::Connected))
+            },
+        )));
+    }
+
+    /// Reports `client`'s connection state as `instantchat_ingest_nats_connected`.
+    pub fn watch_nats(&self, client: async_nats::Client) {
+        let _ = self.nats.set(client);
     }
 
     pub(crate) fn webhook(&self, outcome: Outcome, elapsed: Duration) {

@@ -31,6 +31,8 @@ enum Command {
     Send(tools::SendArgs),
     /// Print a gateway's live events as a client sees them (resumes after a lost connection).
     Tail(tools::TailArgs),
+    /// Show a gateway's connected users, sockets and subscriptions (needs its ADMIN_TOKEN).
+    Admin(tools::AdminArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -45,16 +47,18 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Dev(args) => {
-                init_tracing(&cli.log_format);
+                // Flushes pending spans when the server stops.
+                let _telemetry = instantchat_telemetry::init("instantchat", &cli.log_format);
                 single::run(args, true).await
             }
             Command::Serve(args) => {
-                init_tracing(&cli.log_format);
+                let _telemetry = instantchat_telemetry::init("instantchat", &cli.log_format);
                 single::run(args, false).await
             }
             Command::Token(args) => tools::token(args),
             Command::Send(args) => tools::send(args).await,
             Command::Tail(args) => tools::tail(args).await,
+            Command::Admin(args) => tools::admin(args).await,
         }
     });
     match result {
@@ -64,16 +68,5 @@ fn main() -> std::process::ExitCode {
             eprintln!("instantchat: {e:#}");
             std::process::ExitCode::FAILURE
         }
-    }
-}
-
-fn init_tracing(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
     }
 }

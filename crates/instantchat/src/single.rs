@@ -94,12 +94,15 @@ pub async fn run(mut args: SingleArgs, dev: bool) -> anyhow::Result<()> {
         max_events: args.max_events,
         ..Retention::default()
     };
+    let mut nats_client = None;
     let bus: Arc<dyn EventBus> = match &args.nats_url {
-        Some(url) => Arc::new(
-            NatsBus::connect(url, "instantchat", retention)
+        Some(url) => {
+            let nats = NatsBus::connect(url, "instantchat", retention)
                 .await
-                .with_context(|| format!("connecting to NATS at {url}"))?,
-        ),
+                .with_context(|| format!("connecting to NATS at {url}"))?;
+            nats_client = Some(nats.client().clone());
+            Arc::new(nats)
+        }
         None => Arc::new(MemoryBus::new(retention)),
     };
     let ingest = IngestState::new(
@@ -111,6 +114,12 @@ pub async fn run(mut args: SingleArgs, dev: bool) -> anyhow::Result<()> {
         bus.clone(),
     );
     let gateway = Gateway::new(gateway_settings, bus.clone());
+    // One `/metrics` for both services.
+    gateway.register_metrics(|registry| ingest.metrics().register(registry));
+    if let Some(client) = nats_client {
+        ingest.metrics().watch_nats(client.clone());
+        gateway.watch_nats(client);
+    }
     let dev_login = if dev { dev_login(&args)? } else { None };
     let router =
         gateway.router_with(webhook_router(ingest).merge(console::router(dev_login.clone())));

