@@ -64,9 +64,24 @@ pub struct System {
     http: reqwest::Client,
 }
 
-/// A free loopback port.
+/// A port nothing listens on, on any address, chosen below the kernel's ephemeral range
+/// (32768-60999 here) so that it never collides with the client sockets a large run leaves in
+/// TIME_WAIT.
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64 ^ d.as_secs());
+    let mut x = seed | 1;
+    for _ in 0..1000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let port = 20_000 + (x % 12_000) as u16;
+        if TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port found in 20000-31999")
 }
 
 impl System {
@@ -253,10 +268,11 @@ impl System {
             {
                 let log = std::fs::read_to_string(self.dir().join(format!("{role}.log")))
                     .unwrap_or_default();
-                let head: Vec<&str> = log.lines().take(20).collect();
+                let tail: Vec<&str> = log.lines().rev().take(12).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
                 bail!(
                     "{role} exited with {status} while starting:\n{}",
-                    head.join("\n")
+                    tail.join("\n")
                 );
             }
             match self.http.get(url).send().await {
