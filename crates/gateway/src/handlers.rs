@@ -197,21 +197,19 @@ fn error_reply(hub: &Hub, s: &SocketRef, ack: AckSender, message: impl Into<Stri
 }
 
 /// Counts the request against the socket's rate budget; answers `error` when over it.
-fn admit(hub: &Hub, s: &SocketRef, session: &SessionRef, ack: &mut Option<AckSender>) -> bool {
+fn admit(hub: &Hub, s: &SocketRef, session: &SessionRef, ack: AckSender) -> Option<AckSender> {
     let mut state = session.lock();
     state.last_activity = Instant::now();
     if state.requests.take() {
-        return true;
+        return Some(ack);
     }
     drop(state);
     hub.metrics
         .rate_limited
         .get_or_create(&Metrics::label("kind", "socket_request"))
         .inc();
-    if let Some(ack) = ack.take() {
-        error_reply(hub, s, ack, "Too many requests; slow down");
-    }
-    false
+    error_reply(hub, s, ack, "Too many requests; slow down");
+    None
 }
 
 async fn on_authenticate(
@@ -221,10 +219,10 @@ async fn on_authenticate(
     State(hub): State<Arc<Hub>>,
     Extension(session): Extension<SessionRef>,
 ) {
-    let mut ack = Some(ack);
-    if !admit(&hub, &s, &session, &mut ack) {
+    let Some(ack) = admit(&hub, &s, &session, ack) else {
         return;
-    }
+    };
+    let ack = Some(ack);
     let data = data.unwrap_or(Value::Null);
     let Some(token) = data.get("token").and_then(Value::as_str) else {
         return refuse(&hub, &s, ack, AuthError::Invalid);
@@ -373,11 +371,9 @@ async fn on_subscribe(
     State(hub): State<Arc<Hub>>,
     Extension(session): Extension<SessionRef>,
 ) {
-    let mut ack = Some(ack);
-    if !admit(&hub, &s, &session, &mut ack) {
+    let Some(ack) = admit(&hub, &s, &session, ack) else {
         return;
-    }
-    let Some(ack) = ack else { return };
+    };
     let Some(identity) = session.lock().identity.clone() else {
         return error_reply(&hub, &s, ack, "Not authenticated");
     };
@@ -532,11 +528,9 @@ async fn on_unsubscribe(
     State(hub): State<Arc<Hub>>,
     Extension(session): Extension<SessionRef>,
 ) {
-    let mut ack = Some(ack);
-    if !admit(&hub, &s, &session, &mut ack) {
+    let Some(ack) = admit(&hub, &s, &session, ack) else {
         return;
-    }
-    let Some(ack) = ack else { return };
+    };
     let Some(identity) = session.lock().identity.clone() else {
         return error_reply(&hub, &s, ack, "Not authenticated");
     };
@@ -568,11 +562,9 @@ async fn on_connection_info(
     State(hub): State<Arc<Hub>>,
     Extension(session): Extension<SessionRef>,
 ) {
-    let mut ack = Some(ack);
-    if !admit(&hub, &s, &session, &mut ack) {
+    let Some(ack) = admit(&hub, &s, &session, ack) else {
         return;
-    }
-    let Some(ack) = ack else { return };
+    };
     let subscriptions: Vec<String> = session.lock().event_types.iter().cloned().collect();
     reply(
         &s,
@@ -588,11 +580,9 @@ async fn on_heartbeat(
     State(hub): State<Arc<Hub>>,
     Extension(session): Extension<SessionRef>,
 ) {
-    let mut ack = Some(ack);
-    if !admit(&hub, &s, &session, &mut ack) {
+    let Some(ack) = admit(&hub, &s, &session, ack) else {
         return;
-    }
-    let Some(ack) = ack else { return };
+    };
     let server_time = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
