@@ -92,10 +92,9 @@ export async function startSystem({ gateways = [{}], ingestEnv = {} } = {}) {
   });
   for (const extra of gateways) {
     const port = await freePort();
-    const proc = startProcess('gateway', join(binDir, 'instantchat-gateway'), {
-      PORT: String(port), BIND_ADDRESS: '127.0.0.1', NATS_URL: sys.natsUrl, JWT_SECRET, CLIENT_URL: ORIGIN, ...extra,
-    });
-    sys.gateways.push({ port, url: `http://127.0.0.1:${port}`, proc });
+    const env = { PORT: String(port), BIND_ADDRESS: '127.0.0.1', NATS_URL: sys.natsUrl, JWT_SECRET, CLIENT_URL: ORIGIN, ...extra };
+    const proc = startProcess('gateway', join(binDir, 'instantchat-gateway'), env);
+    sys.gateways.push({ port, url: `http://127.0.0.1:${port}`, proc, env });
   }
   await waitHttp(`${sys.ingestUrl}/readyz`, 'ingest');
   for (const g of sys.gateways) await waitHttp(`${g.url}/readyz`, 'gateway');
@@ -104,6 +103,11 @@ export async function startSystem({ gateways = [{}], ingestEnv = {} } = {}) {
       ['-a', '127.0.0.1', '-p', String(sys.natsPort), '-js', '-sd', sys.storeDir], { stdio: 'ignore' });
   };
   sys.stopNats = () => stopProcess(sys.nats, 'SIGKILL');
+  /** Starts a stopped gateway again on its port (a restart after a deploy). */
+  sys.restartGateway = async (g) => {
+    g.proc = startProcess('gateway', join(binDir, 'instantchat-gateway'), g.env);
+    await waitHttp(`${g.url}/readyz`, 'gateway');
+  };
   sys.stop = async () => {
     await Promise.all([...sys.gateways.map((g) => stopProcess(g.proc)), stopProcess(sys.ingest)]);
     await stopProcess(sys.nats, 'SIGKILL');

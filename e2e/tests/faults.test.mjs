@@ -82,6 +82,53 @@ test('SIGKILL a gateway while events flow: its clients resume on the other, losi
   }
 });
 
+test('SIGTERM drains: socket.io-client reconnects by itself and resumes with since', async () => {
+  const sys = await startSystem({ gateways: [lenient] });
+  try {
+    const [g] = sys.gateways;
+    const seen = { ids: [], lastSeq: 0, replays: [], connects: 0 };
+    const jwt = token({ userId: 'drained', accounts: ['acct_d'] });
+    // What the frontend does: the handshake auth carries the last seq seen, so every automatic
+    // reconnection resumes where the previous connection stopped.
+    const socket = connect(g, {
+      reconnection: true, reconnectionDelay: 100, reconnectionDelayMax: 500,
+      auth: (cb) => cb(seen.lastSeq ? { token: jwt, since: seen.lastSeq } : { token: jwt }),
+    });
+    socket.on('connect', () => {
+      seen.connects += 1;
+      socket.emit('subscribe', { eventTypes: ['comments'], userId: 'drained', timestamp: Date.now() });
+    });
+    socket.on('webhook_event', (e) => { seen.ids.push(e.id); seen.lastSeq = Math.max(seen.lastSeq, e.seq); });
+    socket.on('replay_complete', (r) => seen.replays.push(r));
+    await next(socket, 'subscription_confirmed', () => true, 10000);
+    const expected = [];
+    for (let i = 0; i < 3; i++) expected.push(await publish(sys, `d${i}`, 'acct_d'));
+    await within(10000, 'the first events', (async () => { while (seen.ids.length < 3) await sleep(20); })());
+
+    const reason = new Promise((r) => socket.once('disconnect', r));
+    await stopProcess(g.proc, 'SIGTERM');
+    assert.equal(g.proc.exitCode, 0, 'the gateway drained and exited cleanly');
+    assert.equal(await within(5000, 'disconnect', reason), 'transport close',
+      'a drain closes the transport, which socket.io-client reconnects from on its own');
+
+    // Events published while no gateway runs, then the gateway comes back on its address.
+    for (let i = 3; i < 6; i++) expected.push(await publish(sys, `d${i}`, 'acct_d'));
+    await sys.restartGateway(g);
+    await within(20000, 'the automatic reconnection and resume', (async () => {
+      while (seen.ids.length < 6 || seen.replays.length === 0) await sleep(50);
+    })());
+    expected.push(await publish(sys, 'd6', 'acct_d'));
+    await within(10000, 'a live event after the resume', (async () => { while (seen.ids.length < 7) await sleep(20); })());
+    await sleep(300);
+    assert.deepEqual(seen.ids, expected, 'every event exactly once, in order, across the restart');
+    assert.equal(seen.connects, 2, 'connected twice: once at start, once by itself after the drain');
+    assert.deepEqual(seen.replays.map((r) => [r.count, r.complete]), [[3, true]]);
+    socket.close();
+  } finally {
+    await sys.stop();
+  }
+});
+
 test('NATS stops mid-stream and comes back: 503s meanwhile, every accepted event delivered once', async () => {
   const sys = await startSystem({ gateways: [lenient] });
   try {

@@ -130,7 +130,7 @@ impl Gateway {
     }
 
     /// Serves on `listener` until `signal` resolves, then drains: not ready, no new sockets,
-    /// every socket told to go (so clients reconnect to another instance), bus closed, all
+    /// every transport closed (so clients reconnect, to another instance), bus closed, all
     /// within the shutdown deadline.
     pub async fn serve(
         self,
@@ -159,7 +159,17 @@ impl Gateway {
                 tracing::info!("shutting down: draining connections");
                 hub.start_draining();
                 if let Some(io) = hub.io() {
-                    let _ = io.disconnect().await;
+                    // Close every transport rather than send a Socket.IO disconnect: clients
+                    // see "transport close" and reconnect by themselves (through the load
+                    // balancer, to another instance), where a server disconnect would leave
+                    // socket.io-client waiting for the app to call connect().
+                    let closing = io.close();
+                    if tokio::time::timeout(hub.settings.shutdown_timeout, closing)
+                        .await
+                        .is_err()
+                    {
+                        tracing::warn!("transports still open at the shutdown deadline");
+                    }
                 }
                 let _ = drained_tx.send(());
             }
