@@ -49,7 +49,7 @@ async function waitHttp(url, what, ms = 20000) {
   let last;
   while (Date.now() < deadline) {
     try {
-      const res = await fetch(url);
+      const res = await fetch(url, { signal: AbortSignal.timeout(2000) });
       if (res.ok) return;
       last = `HTTP ${res.status}`;
     } catch (e) {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -24,6 +24,9 @@ use crate::admin::{self, AdminState};
 use crate::config::GatewaySettings;
 use crate::handlers;
 use crate::hub::Hub;
+
+/// How much a WebSocket read takes at a time (engineioxide's default is 4 KiB).
+const WS_READ_CHUNK: usize = 1024;
 
 /// A readiness probe must answer quickly even when the broker hangs.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -56,6 +59,9 @@ impl Gateway {
             .ws_max_message_size(s.max_client_payload_bytes as usize)
             .ws_max_frame_size(s.max_client_payload_bytes as usize)
             .max_buffer_size(s.client_buffer_packets)
+            // Clients send small requests; the buffer grows for a larger one, and a smaller
+            // chunk keeps idle connections lean.
+            .ws_read_buffer_size(WS_READ_CHUNK)
             .build_layer();
         handlers::register(&io);
         hub.set_io(io);
@@ -116,6 +122,7 @@ impl Gateway {
         routes
             .merge(extra)
             .layer(self.layer.clone())
+            .layer(middleware::map_request(detach_request_head))
             .layer(middleware::from_fn_with_state(
                 hub.clone(),
                 refuse_foreign_origin,
@@ -218,6 +225,33 @@ async fn refuse_foreign_origin(
         }
     }
     next.run(request).await
+}
+
+/// socketioxide keeps each socket's request head (headers, URI) for the socket's lifetime.
+/// hyper's header values and URI are slices of its connection read buffers, so keeping them
+/// would pin those buffers (two 8 KiB allocations) for as long as the client stays connected;
+/// owned copies take a few hundred bytes.
+async fn detach_request_head(mut request: Request) -> Request {
+    if !request.uri().path().starts_with("/socket.io") {
+        return request;
+    }
+    let shared = std::mem::take(request.headers_mut());
+    let mut owned = HeaderMap::with_capacity(shared.len());
+    for (name, value) in &shared {
+        if let Ok(mut copy) = HeaderValue::from_bytes(value.as_bytes()) {
+            copy.set_sensitive(value.is_sensitive());
+            owned.append(name.clone(), copy);
+        }
+    }
+    *request.headers_mut() = owned;
+    if let Ok(uri) = Uri::try_from(request.uri().to_string()) {
+        // The router's copy of the original URI is a slice of the same buffer.
+        request
+            .extensions_mut()
+            .insert(axum::extract::OriginalUri(uri.clone()));
+        *request.uri_mut() = uri;
+    }
+    request
 }
 
 async fn readyz(State(hub): State<Arc<Hub>>) -> Response {
