@@ -340,6 +340,9 @@ fn parse_subscribe(data: &Value, identity: &Identity) -> Result<SubscribeRequest
 fn refresh_targets(hub: &Arc<Hub>, s: &SocketRef, session: &SessionRef, from_seq: Option<u64>) {
     let (old_rooms, rooms, old_interest, interest) = {
         let mut state = session.lock();
+        if state.gone {
+            return;
+        }
         let (rooms, interest) = state.targets();
         let old_rooms = std::mem::replace(&mut state.rooms, rooms.clone());
         let old_interest = std::mem::replace(&mut state.interest, interest.clone());
@@ -355,13 +358,12 @@ fn refresh_targets(hub: &Arc<Hub>, s: &SocketRef, session: &SessionRef, from_seq
         .filter(|r| !old_rooms.contains(r))
         .cloned()
         .collect();
-    if !leave.is_empty() {
-        s.leave(leave);
-    }
-    if !join.is_empty() {
-        s.join(join);
-    }
+    hub.move_rooms(s, session, &leave, &join);
     hub.swap_interest(&old_interest, &interest, from_seq);
+    // A disconnect that ran meanwhile took out the rooms it saw; these may be newer.
+    if session.lock().gone {
+        hub.move_rooms(s, session, &rooms, &[]);
+    }
 }
 
 async fn on_subscribe(
@@ -599,14 +601,17 @@ async fn on_disconnect(s: SocketRef, State(hub): State<Arc<Hub>>) {
     let Some(session) = s.extensions.get::<SessionRef>() else {
         return;
     };
-    let (user, interest) = {
+    let (user, interest, rooms) = {
         let mut state = session.lock();
+        state.gone = true;
         state.held.clear();
         (
             state.counted_user.take(),
             std::mem::replace(&mut state.interest, Interest::Accounts(Vec::new())),
+            std::mem::take(&mut state.rooms),
         )
     };
+    hub.move_rooms(&s, &session, &rooms, &[]);
     if let Some(user) = user {
         hub.metrics.authenticated.dec();
         hub.release_user(&user);

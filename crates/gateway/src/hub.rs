@@ -4,11 +4,15 @@
 //! account (or to the wildcard); the union is the one bus subscription this gateway holds, so it
 //! takes from NATS only the events its own clients may see. That subscription delivers in one
 //! global seq order; each event is serialized once and emitted to the sockets of its rooms.
+//!
+//! The rooms are the hub's own index (room → the sockets in it, each with its session), so a
+//! delivery costs one lookup per event rather than a socket and an extensions lookup per
+//! recipient.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -18,6 +22,7 @@ use instantchat_telemetry::SPAN_TARGET;
 use serde_json::value::RawValue;
 use socketioxide::SocketIo;
 use socketioxide::extract::SocketRef;
+use socketioxide::socket::Sid;
 use tokio::sync::{Semaphore, watch};
 
 use crate::config::GatewaySettings;
@@ -65,6 +70,16 @@ impl InterestCounts {
     }
 }
 
+/// A socket in a room of the fan-out index.
+#[derive(Debug, Clone)]
+struct Member {
+    socket: SocketRef,
+    session: SessionRef,
+}
+
+/// Room name → the sockets in it.
+type Rooms = HashMap<String, HashMap<Sid, Member>>;
+
 /// State shared by every socket of one gateway.
 #[derive(Debug)]
 pub struct Hub {
@@ -73,6 +88,7 @@ pub struct Hub {
     pub metrics: Metrics,
     io: OnceLock<SocketIo>,
     interest: Mutex<InterestCounts>,
+    rooms: RwLock<Rooms>,
     interest_tx: watch::Sender<Interest>,
     /// Lowest seq a socket that widened the interest needs from; the next resubscription
     /// starts there (sockets drop what they already have by their own last seq).
@@ -92,6 +108,7 @@ impl Hub {
             metrics: Metrics::default(),
             io: OnceLock::new(),
             interest: Mutex::default(),
+            rooms: RwLock::default(),
             interest_tx: watch::Sender::new(Interest::Accounts(Vec::new())),
             rewind: Mutex::default(),
             users: Mutex::default(),
@@ -151,6 +168,50 @@ impl Hub {
         });
     }
 
+    /// Moves a socket out of the rooms `leave` and into `join`.
+    pub fn move_rooms(
+        &self,
+        socket: &SocketRef,
+        session: &SessionRef,
+        leave: &[String],
+        join: &[String],
+    ) {
+        if leave.is_empty() && join.is_empty() {
+            return;
+        }
+        let mut rooms = self.rooms.write().unwrap_or_else(|p| p.into_inner());
+        for room in leave {
+            if let Some(members) = rooms.get_mut(room) {
+                members.remove(&socket.id);
+                if members.is_empty() {
+                    rooms.remove(room);
+                }
+            }
+        }
+        for room in join {
+            rooms.entry(room.clone()).or_default().insert(
+                socket.id,
+                Member {
+                    socket: socket.clone(),
+                    session: session.clone(),
+                },
+            );
+        }
+    }
+
+    /// Removes sockets found closed while delivering (a disconnect racing a subscribe).
+    fn forget_closed(&self, rooms_and_sids: &[(String, Sid)]) {
+        let mut rooms = self.rooms.write().unwrap_or_else(|p| p.into_inner());
+        for (room, sid) in rooms_and_sids {
+            if let Some(members) = rooms.get_mut(room) {
+                members.remove(sid);
+                if members.is_empty() {
+                    rooms.remove(room);
+                }
+            }
+        }
+    }
+
     /// Counts one more connection of `user`; false when it is at its limit.
     pub fn acquire_user(&self, user: &str) -> bool {
         let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
@@ -186,7 +247,7 @@ impl Hub {
     }
 
     /// Emits one event to every socket of its rooms, serialized once.
-    fn deliver(&self, io: &SocketIo, d: &Delivered) {
+    fn deliver(&self, d: &Delivered) {
         self.metrics.received.inc();
         let e = &d.event;
         // One span per event (not per socket), a child of ingest's webhook span when the event
@@ -206,54 +267,70 @@ impl Hub {
             d.trace.tracestate.as_deref(),
         );
         let _entered = span.enter();
-        let sockets = io
-            .to([
-                account_room(&e.account_id, &e.event_type),
-                all_room(&e.event_type),
-            ])
-            .sockets();
-        span.record("sockets", sockets.len());
-        tracing::trace!(seq = d.seq, sockets = sockets.len(), "fan-out");
-        if sockets.is_empty() {
-            return;
-        }
-        let payload: Arc<RawValue> =
-            match serde_json::value::to_raw_value(&WebhookEvent::new(e, d.seq)) {
-                Ok(p) => p.into(),
-                Err(err) => {
-                    tracing::error!(error = %err, seq = d.seq, "cannot serialize event");
-                    return;
-                }
-            };
+        let names = [
+            account_room(&e.account_id, &e.event_type),
+            all_room(&e.event_type),
+        ];
         let mut sent = 0u64;
-        for socket in sockets {
-            let Some(session) = socket.extensions.get::<SessionRef>() else {
-                continue;
-            };
-            let mut state = session.lock();
-            if d.seq <= state.last_seq || state.slow {
-                continue;
+        let mut closed = Vec::new();
+        {
+            let rooms = self.rooms.read().unwrap_or_else(|p| p.into_inner());
+            let targets: Vec<(&String, &HashMap<Sid, Member>)> = names
+                .iter()
+                .filter_map(|name| rooms.get(name).map(|members| (name, members)))
+                .collect();
+            let count: usize = targets.iter().map(|(_, members)| members.len()).sum();
+            span.record("sockets", count);
+            tracing::trace!(seq = d.seq, sockets = count, "fan-out");
+            if count == 0 {
+                return;
             }
-            if state.replaying {
-                if state.held.len() >= self.settings.client_buffer_packets {
-                    drop(state);
-                    self.too_slow(socket);
-                } else {
-                    state.held.push((d.seq, payload.clone()));
+            let payload: Arc<RawValue> =
+                match serde_json::value::to_raw_value(&WebhookEvent::new(e, d.seq)) {
+                    Ok(p) => p.into(),
+                    Err(err) => {
+                        tracing::error!(error = %err, seq = d.seq, "cannot serialize event");
+                        return;
+                    }
+                };
+            for (name, members) in targets {
+                for member in members.values() {
+                    let mut state = member.session.lock();
+                    // A socket in both rooms of an event gets it once: `last_seq` says so.
+                    if d.seq <= state.last_seq || state.slow {
+                        continue;
+                    }
+                    if state.replaying {
+                        if state.held.len() >= self.settings.client_buffer_packets {
+                            drop(state);
+                            self.too_slow(member.socket.clone());
+                        } else {
+                            state.held.push((d.seq, payload.clone()));
+                        }
+                        continue;
+                    }
+                    match emit_event(&member.socket, &payload) {
+                        Ok(()) => {
+                            state.last_seq = d.seq;
+                            sent += 1;
+                        }
+                        Err(EmitError::Full) => {
+                            drop(state);
+                            self.too_slow(member.socket.clone());
+                        }
+                        Err(EmitError::Closed) => {
+                            // Normally the disconnect handler takes a socket out of its rooms;
+                            // this catches one that joined while it was disconnecting.
+                            if state.gone {
+                                closed.push((name.clone(), member.socket.id));
+                            }
+                        }
+                    }
                 }
-                continue;
             }
-            match emit_event(&socket, &payload) {
-                Ok(()) => {
-                    state.last_seq = d.seq;
-                    sent += 1;
-                }
-                Err(EmitError::Full) => {
-                    drop(state);
-                    self.too_slow(socket);
-                }
-                Err(EmitError::Closed) => {}
-            }
+        }
+        if !closed.is_empty() {
+            self.forget_closed(&closed);
         }
         self.metrics
             .delivered
@@ -341,9 +418,7 @@ impl Hub {
                         Some(Ok(d)) => {
                             tracing::trace!(seq = d.seq, account = %d.event.account_id, "event from the bus");
                             last = Some(d.seq);
-                            if let Some(io) = self.io.get() {
-                                self.deliver(io, &d);
-                            }
+                            self.deliver(&d);
                         }
                         Some(Err(e)) => tracing::warn!(error = %e, "bus delivery error"),
                         None => break,

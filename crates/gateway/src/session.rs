@@ -53,7 +53,7 @@ pub struct Session {
     pub event_types: BTreeSet<String>,
     /// `accountIds` of the last `subscribe` that gave them: narrows delivery.
     pub narrowed: Option<BTreeSet<String>>,
-    /// Rooms joined for the current subscriptions.
+    /// Rooms of the hub's fan-out index this socket is in, for the current subscriptions.
     pub rooms: Vec<String>,
     /// Interest registered with the hub for the current subscriptions.
     pub interest: Interest,
@@ -70,6 +70,8 @@ pub struct Session {
     pub pending_since: Option<u64>,
     /// Found too slow: gets nothing more and is being disconnected.
     pub slow: bool,
+    /// Disconnected: joins no room any more.
+    pub gone: bool,
 }
 
 /// Shared handle to a [`Session`], kept in the socket's extensions.
@@ -93,6 +95,7 @@ impl SessionRef {
             held: Vec::new(),
             pending_since: None,
             slow: false,
+            gone: false,
         })))
     }
 
