@@ -143,8 +143,19 @@ pub struct Replay {
     pub complete: bool,
     /// The last sequence in the stream when the replay started; the replay ends there.
     pub until_seq: u64,
+    /// The lowest sequence a replay may start after and still be complete: everything after
+    /// it was retained when the replay started.
+    pub retained_after: u64,
     /// The stored events after the requested sequence, in order, ending at `until_seq`.
     pub events: EventStream,
+}
+
+impl Replay {
+    /// Whether a replay after `after` (another client's `since`, served from this replay's
+    /// events) would be complete.
+    pub fn complete_for(&self, after: u64) -> bool {
+        after <= self.until_seq && after >= self.retained_after
+    }
 }
 
 impl fmt::Debug for Replay {

@@ -229,6 +229,7 @@ impl EventBus for MemoryBus {
         Ok(Replay {
             complete,
             until_seq,
+            retained_after: state.evicted_upto,
             events: futures::stream::iter(events.into_iter().map(Ok)).boxed(),
         })
     }

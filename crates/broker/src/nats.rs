@@ -407,12 +407,14 @@ impl EventBus for NatsBus {
         let until_seq = state.last_sequence;
         // Everything after `after` is still stored iff the stream's first retained seq is at most
         // after + 1; a `since` beyond the end comes from another stream's history.
-        let complete = after <= until_seq && after + 1 >= state.first_sequence;
+        let retained_after = state.first_sequence.saturating_sub(1);
+        let complete = after <= until_seq && after >= retained_after;
         let empty = || futures::stream::empty().boxed();
         if after >= until_seq || interest.is_empty() {
             return Ok(Replay {
                 complete,
                 until_seq,
+                retained_after,
                 events: empty(),
             });
         }
@@ -428,6 +430,7 @@ impl EventBus for NatsBus {
             return Ok(Replay {
                 complete,
                 until_seq,
+                retained_after,
                 events: empty(),
             });
         }
@@ -446,6 +449,7 @@ impl EventBus for NatsBus {
         Ok(Replay {
             complete,
             until_seq,
+            retained_after,
             events,
         })
     }

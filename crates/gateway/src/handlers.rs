@@ -429,8 +429,6 @@ async fn on_subscribe(
 /// held meanwhile and reports `replay_complete`.
 async fn resume(hub: Arc<Hub>, s: SocketRef, session: SessionRef, since: u64) {
     hub.metrics.replays.inc();
-    // Replays take turns, so a storm of resumes cannot starve live delivery or the broker.
-    let _turn = hub.replay_slots.clone().acquire_owned().await;
     let (interest, types, scope) = {
         let mut state = session.lock();
         state.last_seq = state.last_seq.max(since);
@@ -441,61 +439,77 @@ async fn resume(hub: Arc<Hub>, s: SocketRef, session: SessionRef, since: u64) {
         };
         (interest, state.event_types.clone(), scope)
     };
+    // The token is re-checked: only what this socket may see now.
+    let wanted =
+        |account: &str, event_type: &str| types.contains(event_type) && scope.allows(account);
     let mut count = 0u64;
     let mut complete = false;
-    match hub.bus.replay(interest, since).await {
-        Ok(mut replay) => {
-            complete = replay.complete;
-            while let Some(item) = replay.events.next().await {
-                let d = match item {
-                    Ok(d) => d,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "replay interrupted");
-                        complete = false;
-                        break;
-                    }
-                };
-                // The token is re-checked: only what this socket may see now.
-                if !types.contains(&d.event.event_type) || !scope.allows(&d.event.account_id) {
+    // Replays take turns (a storm of resumes cannot starve live delivery or the broker), and
+    // the resumes that wait together share one read.
+    let shared = match hub.shared_replay(since, &interest).await {
+        Ok(shared) => Some(shared),
+        Err(e) => {
+            tracing::warn!(error = %e, "replay unavailable");
+            None
+        }
+    };
+    match shared {
+        Some(shared) if !shared.truncated => {
+            complete = shared.complete_for(since);
+            for e in shared.after(since) {
+                if !wanted(&e.account_id, &e.event_type) {
                     continue;
                 }
-                let Ok(payload) =
-                    serde_json::value::to_raw_value(&WebhookEvent::new(&d.event, d.seq))
-                else {
-                    continue;
-                };
-                let started = Instant::now();
-                loop {
-                    let result = {
-                        let mut state = session.lock();
-                        if d.seq <= state.last_seq {
-                            break;
-                        }
-                        let r = emit_event(&s, &payload);
-                        if r.is_ok() {
-                            state.last_seq = d.seq;
-                        }
-                        r
-                    };
-                    match result {
-                        Ok(()) => {
-                            count += 1;
-                            break;
-                        }
-                        // Paced by the client: wait for its buffer to drain, within bounds.
-                        Err(EmitError::Full) if started.elapsed() < REPLAY_STALL => {
-                            tokio::time::sleep(Duration::from_millis(5)).await;
-                        }
-                        Err(EmitError::Full) => return hub.too_slow(s),
-                        Err(EmitError::Closed) => return,
-                    }
+                match replay_one(&s, &session, e.seq, &e.payload).await {
+                    Step::Sent => count += 1,
+                    Step::Skipped => {}
+                    Step::TooSlow => return hub.too_slow(s),
+                    Step::Closed => return,
                 }
-                if count.is_multiple_of(REPLAY_SLICE) {
+                if count > 0 && count.is_multiple_of(REPLAY_SLICE) {
                     tokio::task::yield_now().await;
                 }
             }
         }
-        Err(e) => tracing::warn!(error = %e, "replay unavailable"),
+        // Too much to share (or the shared read broke off): this socket reads on its own.
+        Some(_) => {
+            let _turn = hub.replay_slots.clone().acquire_owned().await;
+            match hub.bus.replay(interest, since).await {
+                Ok(mut replay) => {
+                    complete = replay.complete;
+                    while let Some(item) = replay.events.next().await {
+                        let d = match item {
+                            Ok(d) => d,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "replay interrupted");
+                                complete = false;
+                                break;
+                            }
+                        };
+                        if !wanted(&d.event.account_id, &d.event.event_type) {
+                            continue;
+                        }
+                        let Ok(payload) =
+                            serde_json::value::to_raw_value(&WebhookEvent::new(&d.event, d.seq))
+                        else {
+                            continue;
+                        };
+                        match replay_one(&s, &session, d.seq, &payload).await {
+                            Step::Sent => count += 1,
+                            Step::Skipped => {}
+                            Step::TooSlow => return hub.too_slow(s),
+                            Step::Closed => return,
+                        }
+                        if count > 0 && count.is_multiple_of(REPLAY_SLICE) {
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "replay unavailable"),
+            }
+        }
+        // The broker is unreachable (logged above): `complete: false` tells the app to reload.
+        None => {}
     }
     {
         let mut state = session.lock();
@@ -521,6 +535,47 @@ async fn resume(hub: Arc<Hub>, s: SocketRef, session: SessionRef, since: u64) {
         "replay_complete",
         &json!({ "since": since, "count": count, "complete": complete, "timestamp": now_ms() }),
     );
+}
+
+/// What became of one replayed event.
+enum Step {
+    Sent,
+    /// Already sent (live, or by an earlier replay).
+    Skipped,
+    TooSlow,
+    Closed,
+}
+
+/// Sends one replayed event, paced by the client: while its buffer is full, waits for it to
+/// drain, within [`REPLAY_STALL`].
+async fn replay_one(
+    s: &SocketRef,
+    session: &SessionRef,
+    seq: u64,
+    payload: &serde_json::value::RawValue,
+) -> Step {
+    let started = Instant::now();
+    loop {
+        let result = {
+            let mut state = session.lock();
+            if seq <= state.last_seq {
+                return Step::Skipped;
+            }
+            let r = emit_event(s, payload);
+            if r.is_ok() {
+                state.last_seq = seq;
+            }
+            r
+        };
+        match result {
+            Ok(()) => return Step::Sent,
+            Err(EmitError::Full) if started.elapsed() < REPLAY_STALL => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err(EmitError::Full) => return Step::TooSlow,
+            Err(EmitError::Closed) => return Step::Closed,
+        }
+    }
 }
 
 async fn on_unsubscribe(

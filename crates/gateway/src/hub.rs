@@ -98,6 +98,8 @@ pub struct Hub {
     draining: AtomicBool,
     /// Resume replays that may run at once.
     pub replay_slots: Arc<Semaphore>,
+    /// Resumes waiting for a slot, to be served by one read.
+    pub(crate) replays: crate::replay::ReplayQueue,
 }
 
 impl Hub {
@@ -115,6 +117,7 @@ impl Hub {
             ip_buckets: Mutex::default(),
             draining: AtomicBool::new(false),
             replay_slots: Arc::new(Semaphore::new(REPLAY_CONCURRENCY)),
+            replays: crate::replay::ReplayQueue::default(),
         })
     }
 

@@ -5,6 +5,7 @@
 //! - [`handlers`]: the handshake and every client event with its reply.
 //! - [`session`]: per-socket state (subscriptions, rooms, rate budget, last seq sent).
 //! - [`hub`]: shared state, interest that follows connections, and the fan-out from the bus.
+//! - [`replay`]: resumes waiting at the same time share one read of the stream.
 //! - [`app`]: the HTTP routes (`/socket.io`, `/healthz`, `/readyz`, `/metrics`,
 //!   `/admin/connections`), CORS, serving and graceful shutdown.
 //! - [`metrics`]: Prometheus metrics.
@@ -19,6 +20,7 @@ pub mod config;
 pub mod handlers;
 pub mod hub;
 pub mod metrics;
+pub mod replay;
 pub mod session;
 
 pub use app::{Gateway, shutdown_signal};

@@ -39,6 +39,8 @@ pub struct Metrics {
     pub rate_limited: Family<Labels, Counter>,
     pub request_errors: Counter,
     pub replays: Counter,
+    /// Reads of the stream made for resumes (one serves every resume waiting with it).
+    pub replay_reads: Counter,
     /// Events replayed to resuming clients.
     pub replayed_events: Counter,
     /// From ingest's receipt of the webhook (`received_at_ms`) to the emit to the sockets.
@@ -61,6 +63,7 @@ impl Default for Metrics {
             rate_limited: Family::default(),
             request_errors: Counter::default(),
             replays: Counter::default(),
+            replay_reads: Counter::default(),
             replayed_events: Counter::default(),
             // 1 ms .. ~33 s: same-host delivery takes a few milliseconds, a backlog after a
             // broker outage takes seconds.
@@ -114,6 +117,11 @@ impl Default for Metrics {
             m.request_errors.clone(),
         );
         registry.register("replays", "Resume replays served", m.replays.clone());
+        registry.register(
+            "replay_reads",
+            "Reads of the stream made for resumes; resumes waiting together share one",
+            m.replay_reads.clone(),
+        );
         registry.register(
             "replayed_events",
             "Events sent by resume replays",
