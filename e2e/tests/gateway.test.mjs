@@ -257,9 +257,20 @@ test('resume: a client offline for a while gets the gap with since, then replay_
 describe('timeouts', () => {
   let quick;
   before(async () => {
-    quick = await startSystem({ gateways: [{ AUTH_TIMEOUT_SECS: '1', HEARTBEAT_TIMEOUT_SECS: '2', AUTH_EXPIRY_GRACE_SECS: '1' }] });
+    quick = await startSystem({ gateways: [{
+      AUTH_TIMEOUT_SECS: '1', HEARTBEAT_TIMEOUT_SECS: '2', AUTH_EXPIRY_GRACE_SECS: '1', PING_INTERVAL_SECS: '7', PING_TIMEOUT_SECS: '3',
+    }] });
   });
   after(async () => { await quick?.stop(); });
+
+  test('PING_INTERVAL_SECS and PING_TIMEOUT_SECS reach socket.io-client in the handshake', async () => {
+    const socket = connect(quick.gateways[0]);
+    await next(socket, 'connect');
+    // engine.io-client keeps the handshake's values as _pingInterval and _pingTimeout.
+    assert.equal(socket.io.engine._pingInterval, 7000);
+    assert.equal(socket.io.engine._pingTimeout, 3000);
+    socket.close();
+  });
 
   test('a socket that never authenticates is disconnected after AUTH_TIMEOUT_SECS', async () => {
     const socket = connect(quick.gateways[0]);

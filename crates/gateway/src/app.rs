@@ -59,6 +59,8 @@ impl Gateway {
             .ws_max_message_size(s.max_client_payload_bytes as usize)
             .ws_max_frame_size(s.max_client_payload_bytes as usize)
             .max_buffer_size(s.client_buffer_packets)
+            .ping_interval(s.ping_interval)
+            .ping_timeout(s.ping_timeout)
             // Clients send small requests; the buffer grows for a larger one, and a smaller
             // chunk keeps idle connections lean.
             .ws_read_buffer_size(WS_READ_CHUNK)
@@ -299,5 +301,66 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {}
         () = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::extract::OriginalUri;
+    use bytes::Bytes;
+
+    /// Whether `part` lies inside `buffer`'s memory.
+    fn within(buffer: &Bytes, part: &[u8]) -> bool {
+        let range = buffer.as_ptr_range();
+        range.contains(&part.as_ptr())
+    }
+
+    /// hyper hands over header values and the URI as slices of its read buffer; after the
+    /// middleware nothing the socket keeps points into that buffer.
+    #[tokio::test]
+    async fn the_request_head_socketioxide_keeps_owns_its_memory() {
+        let buffer = Bytes::from_static(
+            b"/socket.io/?EIO=4&transport=websocket|http://localhost:5173|Bearer abc",
+        );
+        let bar: Vec<usize> = (0..buffer.len()).filter(|&i| buffer[i] == b'|').collect();
+        let uri = Uri::from_maybe_shared(buffer.slice(..bar[0])).expect("uri");
+        let origin =
+            HeaderValue::from_maybe_shared(buffer.slice(bar[0] + 1..bar[1])).expect("origin");
+        let auth = HeaderValue::from_maybe_shared(buffer.slice(bar[1] + 1..)).expect("auth");
+        let mut request = Request::builder()
+            .uri(uri.clone())
+            .header(header::ORIGIN, origin)
+            .header(header::AUTHORIZATION, auth)
+            .body(Body::empty())
+            .expect("request");
+        request.extensions_mut().insert(OriginalUri(uri));
+        assert!(within(
+            &buffer,
+            request.headers()[header::ORIGIN].as_bytes()
+        ));
+
+        let request = detach_request_head(request).await;
+        assert_eq!(request.uri(), "/socket.io/?EIO=4&transport=websocket");
+        assert_eq!(request.headers()[header::ORIGIN], "http://localhost:5173");
+        assert_eq!(request.headers()[header::AUTHORIZATION], "Bearer abc");
+        for value in request.headers().values() {
+            assert!(
+                !within(&buffer, value.as_bytes()),
+                "{value:?} still in the buffer"
+            );
+        }
+        let path = request.uri().path_and_query().expect("path").as_str();
+        assert!(
+            !within(&buffer, path.as_bytes()),
+            "the URI is still in the buffer"
+        );
+        let original = request
+            .extensions()
+            .get::<OriginalUri>()
+            .expect("original uri");
+        let original = original.0.path_and_query().expect("path").as_str();
+        assert!(!within(&buffer, original.as_bytes()));
     }
 }

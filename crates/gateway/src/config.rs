@@ -59,6 +59,14 @@ pub struct GatewayOptions {
     /// Seconds an authenticated socket may stay silent before it is disconnected (0: never).
     #[arg(long, env = "HEARTBEAT_TIMEOUT_SECS", default_value_t = 60)]
     pub heartbeat_timeout_secs: u64,
+    /// Seconds between engine.io pings on each connection (sent to clients in the handshake;
+    /// socket.io-client follows it). Longer: less idle CPU, slower detection of dead peers.
+    /// Keep it under the idle timeout of every proxy in front (often 60 s).
+    #[arg(long, env = "PING_INTERVAL_SECS", default_value_t = 25)]
+    pub ping_interval_secs: u64,
+    /// Seconds a client has to answer a ping before its connection is closed.
+    #[arg(long, env = "PING_TIMEOUT_SECS", default_value_t = 20)]
+    pub ping_timeout_secs: u64,
     /// Connections one user may hold at once.
     #[arg(long, env = "MAX_CONNECTIONS_PER_USER", default_value_t = 10)]
     pub max_connections_per_user: usize,
@@ -109,6 +117,8 @@ pub struct GatewaySettings {
     pub auth_expiry_grace: Duration,
     /// `None`: heartbeat checks are off.
     pub heartbeat_timeout: Option<Duration>,
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
     pub max_connections_per_user: usize,
     pub socket_rate: (f64, f64),
     pub ip_connect_rate: (f64, f64),
@@ -212,6 +222,9 @@ impl GatewayOptions {
         if self.auth_timeout_secs == 0 {
             problems.push("AUTH_TIMEOUT_SECS: must be at least 1".into());
         }
+        if self.ping_interval_secs == 0 || self.ping_timeout_secs == 0 {
+            problems.push("PING_INTERVAL_SECS and PING_TIMEOUT_SECS: must be at least 1".into());
+        }
         if self.max_connections_per_user == 0 {
             problems.push("MAX_CONNECTIONS_PER_USER: must be at least 1".into());
         }
@@ -252,6 +265,8 @@ impl GatewayOptions {
                 auth_expiry_grace: Duration::from_secs(self.auth_expiry_grace_secs),
                 heartbeat_timeout: (self.heartbeat_timeout_secs > 0)
                     .then(|| Duration::from_secs(self.heartbeat_timeout_secs)),
+                ping_interval: Duration::from_secs(self.ping_interval_secs),
+                ping_timeout: Duration::from_secs(self.ping_timeout_secs),
                 max_connections_per_user: self.max_connections_per_user,
                 socket_rate: (self.socket_rate_limit, self.socket_rate_burst),
                 ip_connect_rate: (self.ip_connect_rate, self.ip_connect_burst),
