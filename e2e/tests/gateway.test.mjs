@@ -303,3 +303,43 @@ describe('timeouts', () => {
     clearInterval(timer);
   });
 });
+
+describe('per-IP connection limit', () => {
+  let limited;
+  before(async () => {
+    // Two connections per address, then (practically) none: the limit shows at once.
+    const limit = { IP_CONNECT_RATE: '0.01', IP_CONNECT_BURST: '2' };
+    limited = await startSystem({ gateways: [limit, { ...limit, TRUSTED_PROXIES: '127.0.0.1' }] });
+  });
+  after(async () => { await limited?.stop(); });
+
+  /** Connects as if through a proxy that says the client is `client`; resolves with the outcome. */
+  async function attempt(gateway, client) {
+    const socket = connect(gateway, { extraHeaders: { 'X-Forwarded-For': client } });
+    const outcome = await Promise.race([
+      next(socket, 'connect').then(() => 'connected'),
+      next(socket, 'connect_error').then((e) => e.message),
+    ]);
+    closeAll(socket);
+    return outcome;
+  }
+
+  test('without TRUSTED_PROXIES, X-Forwarded-For is ignored: the peer address is limited', async () => {
+    const g = limited.gateways[0];
+    assert.equal(await attempt(g, '203.0.113.1'), 'connected');
+    assert.equal(await attempt(g, '203.0.113.2'), 'connected');
+    assert.equal(await attempt(g, '203.0.113.3'), 'Too many connections from this address; retry later',
+      'a header anyone can send does not buy more connections');
+  });
+
+  test('behind a trusted proxy, each client address has its own limit', async () => {
+    const g = limited.gateways[1];
+    assert.equal(await attempt(g, '203.0.113.1'), 'connected');
+    assert.equal(await attempt(g, '203.0.113.1'), 'connected');
+    assert.equal(await attempt(g, '203.0.113.1'), 'Too many connections from this address; retry later');
+    // Another client behind the same proxy is not held back by the first one.
+    assert.equal(await attempt(g, '203.0.113.2'), 'connected');
+    // A forged entry left of the proxy's own does not help the limited client.
+    assert.equal(await attempt(g, '198.51.100.7, 203.0.113.1'), 'Too many connections from this address; retry later');
+  });
+});

@@ -1,9 +1,11 @@
 //! Gateway configuration: env vars with matching flags, parsed once, every problem reported.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use ipnet::IpNet;
 use jsonwebtoken::{Algorithm, DecodingKey};
 
 /// Command line and environment of `instantchat-gateway`.
@@ -82,6 +84,12 @@ pub struct GatewayOptions {
     /// New connections one IP address may open in a burst.
     #[arg(long, env = "IP_CONNECT_BURST", default_value_t = 200.0)]
     pub ip_connect_burst: f64,
+    /// Comma-separated addresses or CIDR ranges of proxies in front (load balancer, ingress).
+    /// A connection from one of them is counted against the client address it names in
+    /// `X-Forwarded-For`, so the per-IP limit applies per client, not per proxy. Empty: the
+    /// peer address counts, and `X-Forwarded-For` is ignored (anyone can send it).
+    #[arg(long, env = "TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: String,
     /// Largest message a client may send, in bytes.
     #[arg(long, env = "MAX_CLIENT_PAYLOAD_BYTES", default_value_t = 16 * 1024)]
     pub max_client_payload_bytes: u64,
@@ -122,6 +130,8 @@ pub struct GatewaySettings {
     pub max_connections_per_user: usize,
     pub socket_rate: (f64, f64),
     pub ip_connect_rate: (f64, f64),
+    /// Proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<IpNet>,
     pub max_client_payload_bytes: u64,
     pub client_buffer_packets: usize,
     pub shutdown_timeout: Duration,
@@ -238,6 +248,24 @@ impl GatewayOptions {
                 problems.push(format!("{name}: must be a positive number"));
             }
         }
+        let mut trusted_proxies = Vec::new();
+        for entry in self
+            .trusted_proxies
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+        {
+            match entry
+                .parse::<IpNet>()
+                .or_else(|_| entry.parse::<IpAddr>().map(IpNet::from))
+            {
+                Ok(net) => trusted_proxies.push(net),
+                Err(_) => problems.push(format!(
+                    "TRUSTED_PROXIES: `{entry}` is neither an IP address nor a CIDR range \
+                     (e.g. 10.0.0.0/8)"
+                )),
+            }
+        }
         if self.max_client_payload_bytes < 1024 {
             problems.push("MAX_CLIENT_PAYLOAD_BYTES: must be at least 1024".into());
         }
@@ -270,6 +298,7 @@ impl GatewayOptions {
                 max_connections_per_user: self.max_connections_per_user,
                 socket_rate: (self.socket_rate_limit, self.socket_rate_burst),
                 ip_connect_rate: (self.ip_connect_rate, self.ip_connect_burst),
+                trusted_proxies,
                 max_client_payload_bytes: self.max_client_payload_bytes,
                 client_buffer_packets: self.client_buffer_packets,
                 shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs),

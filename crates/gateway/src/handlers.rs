@@ -1,13 +1,14 @@
 //! The Socket.IO protocol of PROTOCOL.md section 4: handshake, client events and replies.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use instantchat_broker::Interest;
 use instantchat_event::{WebhookEvent, is_valid_account_id, is_valid_event_type};
+use ipnet::IpNet;
 use serde_json::{Value, json};
 use socketioxide::SocketIo;
 use socketioxide::extract::{AckSender, Extension, SocketRef, State, TryData};
@@ -39,6 +40,36 @@ pub fn register(io: &SocketIo) {
     io.ns("/", on_connect.with(handshake));
 }
 
+/// The address a connection counts against: the peer's, or, when the peer is a trusted proxy,
+/// the nearest address in `X-Forwarded-For` that is not itself a trusted proxy (each proxy
+/// appends the address it got the request from; entries left of a stranger could be forged).
+pub fn client_ip(peer: IpAddr, headers: &axum::http::HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let forwarded: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect();
+    let mut ip = peer;
+    for entry in forwarded.iter().rev() {
+        match entry.trim().parse::<IpAddr>() {
+            Ok(hop) => {
+                ip = hop;
+                if !is_trusted(&hop) {
+                    break;
+                }
+            }
+            // Not an address: stop at the last one that was.
+            Err(_) => break,
+        }
+    }
+    ip
+}
+
 /// Handshake middleware: draining, per-IP connection rate, `auth.token` when given; then all
 /// per-socket set-up. socketioxide answers the connect only after the middleware, while the
 /// connect handler runs later in its own task: handlers registered there could miss the
@@ -51,11 +82,11 @@ async fn handshake(
     if hub.is_draining() {
         return Err("Server is shutting down; reconnect".into());
     }
-    let ip = s
-        .req_parts()
+    let parts = s.req_parts();
+    let ip = parts
         .extensions
         .get::<axum::extract::ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
+        .map(|c| client_ip(c.0.ip(), &parts.headers, &hub.settings.trusted_proxies));
     if let Some(ip) = ip
         && !hub.admit_ip(ip)
     {
@@ -701,5 +732,60 @@ pub async fn heartbeat_monitor(hub: Arc<Hub>, mut shutdown: tokio::sync::watch::
                 let _ = socket.disconnect();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::{HeaderMap, HeaderValue};
+
+    fn forwarded(values: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for v in values {
+            headers.append("x-forwarded-for", HeaderValue::from_str(v).expect("header"));
+        }
+        headers
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
+    #[test]
+    fn the_client_address_is_taken_from_trusted_proxies_only() {
+        let trusted: Vec<IpNet> = vec![
+            "10.0.0.0/8".parse().expect("net"),
+            IpNet::from(ip("192.0.2.7")),
+        ];
+        // No trusted proxies: the peer, whatever the header says (anyone can send it).
+        let h = forwarded(&["203.0.113.9"]);
+        assert_eq!(client_ip(ip("10.1.2.3"), &h, &[]), ip("10.1.2.3"));
+        // A stranger connecting directly: its own address, the header ignored.
+        assert_eq!(
+            client_ip(ip("198.51.100.4"), &h, &trusted),
+            ip("198.51.100.4")
+        );
+        // Through a trusted proxy: the address the proxy got the request from.
+        assert_eq!(client_ip(ip("10.1.2.3"), &h, &trusted), ip("203.0.113.9"));
+        // A forged entry left of the real client does not count.
+        let h = forwarded(&["1.2.3.4, 203.0.113.9"]);
+        assert_eq!(client_ip(ip("10.1.2.3"), &h, &trusted), ip("203.0.113.9"));
+        // Two trusted hops (load balancer, then ingress), in one or several headers.
+        let h = forwarded(&["203.0.113.9, 192.0.2.7"]);
+        assert_eq!(client_ip(ip("10.1.2.3"), &h, &trusted), ip("203.0.113.9"));
+        let h = forwarded(&["203.0.113.9", "192.0.2.7"]);
+        assert_eq!(client_ip(ip("10.1.2.3"), &h, &trusted), ip("203.0.113.9"));
+        // IPv6 clients.
+        let h = forwarded(&["2001:db8::1"]);
+        assert_eq!(client_ip(ip("10.1.2.3"), &h, &trusted), ip("2001:db8::1"));
+        // Garbage stops the walk at the last address that was one.
+        let h = forwarded(&["203.0.113.9, not-an-ip, 192.0.2.7"]);
+        assert_eq!(client_ip(ip("10.1.2.3"), &h, &trusted), ip("192.0.2.7"));
+        // A trusted proxy that sends no header: the proxy.
+        assert_eq!(
+            client_ip(ip("10.1.2.3"), &HeaderMap::new(), &trusted),
+            ip("10.1.2.3")
+        );
     }
 }
