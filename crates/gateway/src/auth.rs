@@ -97,11 +97,17 @@ pub fn verify(
     let mut validation = Validation::new(settings.jwt_algorithm);
     validation.leeway = 0;
     validation.validate_exp = true;
-    let data =
-        decode::<Claims>(token, &settings.jwt_key, &validation).map_err(|e| match e.kind() {
-            ErrorKind::ExpiredSignature => AuthError::Expired,
-            _ => AuthError::Invalid,
-        })?;
+    let mut decoded = decode::<Claims>(token, &settings.jwt_key, &validation);
+    // During a secret rotation, a token signed with the previous secret still counts.
+    if let (Err(e), Some(previous)) = (&decoded, &settings.jwt_previous_key)
+        && matches!(e.kind(), ErrorKind::InvalidSignature)
+    {
+        decoded = decode::<Claims>(token, previous, &validation);
+    }
+    let data = decoded.map_err(|e| match e.kind() {
+        ErrorKind::ExpiredSignature => AuthError::Expired,
+        _ => AuthError::Invalid,
+    })?;
     let claims = data.claims;
     let user_id = claims
         .user_id
@@ -129,4 +135,84 @@ pub fn verify(
         scope,
         expires_at: claims.exp,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    use serde_json::json;
+
+    const CURRENT: &str = "the-current-secret-0123456789";
+    const PREVIOUS: &str = "the-previous-secret-0123456789";
+
+    fn settings(extra: &[&str]) -> GatewaySettings {
+        let mut argv = vec!["instantchat-gateway", "--jwt-secret", CURRENT];
+        argv.extend_from_slice(extra);
+        crate::GatewayArgs::try_parse_from(argv)
+            .expect("flags")
+            .gateway
+            .settings()
+            .expect("settings")
+    }
+
+    fn token(secret: &str, exp_in: i64) -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs() as i64;
+        let claims = json!({ "userId": "u1", "accounts": ["a"], "exp": now + exp_in });
+        encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .expect("token")
+    }
+
+    #[test]
+    fn the_previous_secret_is_accepted_only_while_configured() {
+        let rotating = settings(&["--jwt-secret-previous", PREVIOUS]);
+        let plain = settings(&[]);
+        assert_eq!(
+            verify(&rotating, &token(CURRENT, 60), Some("u1")).map(|i| i.user_id),
+            Ok("u1".to_owned())
+        );
+        assert_eq!(
+            verify(&rotating, &token(PREVIOUS, 60), Some("u1")).map(|i| i.user_id),
+            Ok("u1".to_owned())
+        );
+        assert_eq!(
+            verify(&plain, &token(PREVIOUS, 60), None),
+            Err(AuthError::Invalid),
+            "once the rotation is over, the old secret is refused"
+        );
+        assert_eq!(
+            verify(&rotating, &token("some-other-secret-0123456789", 60), None),
+            Err(AuthError::Invalid)
+        );
+        assert_eq!(
+            verify(&rotating, &token(PREVIOUS, -10), None),
+            Err(AuthError::Expired),
+            "an old-secret token still expires"
+        );
+    }
+
+    #[test]
+    fn a_short_previous_secret_is_refused() {
+        let args = crate::GatewayArgs::try_parse_from([
+            "instantchat-gateway",
+            "--jwt-secret",
+            CURRENT,
+            "--jwt-secret-previous",
+            "short",
+        ])
+        .expect("flags");
+        let err = args.gateway.settings().expect_err("refused");
+        assert!(
+            err.0.iter().any(|p| p.starts_with("JWT_SECRET_PREVIOUS")),
+            "{err:?}"
+        );
+    }
 }

@@ -42,6 +42,10 @@ pub struct GatewayOptions {
     /// HS256 secret that signs client tokens (required unless --jwt-public-key is given).
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+    /// The HS256 secret being rotated out: tokens signed with it stay valid (until they
+    /// expire) while clients move to tokens signed with JWT_SECRET. Unset once they have.
+    #[arg(long, env = "JWT_SECRET_PREVIOUS", hide_env_values = true)]
+    pub jwt_secret_previous: Option<String>,
     /// PEM file with the public key for RS256 or ES256 tokens (instead of JWT_SECRET).
     #[arg(long, env = "JWT_PUBLIC_KEY")]
     pub jwt_public_key: Option<PathBuf>,
@@ -118,6 +122,8 @@ pub enum AccountAccess {
 #[derive(Clone)]
 pub struct GatewaySettings {
     pub jwt_key: DecodingKey,
+    /// `JWT_SECRET_PREVIOUS`: also accepted, during a rotation.
+    pub jwt_previous_key: Option<DecodingKey>,
     pub jwt_algorithm: Algorithm,
     pub allowed_origins: Vec<String>,
     pub account_access: AccountAccess,
@@ -204,6 +210,28 @@ impl GatewayOptions {
                 (None, Algorithm::HS256)
             }
         };
+        // Empty counts as unset (compose passes `${JWT_SECRET_PREVIOUS:-}`).
+        let previous = self
+            .jwt_secret_previous
+            .as_deref()
+            .filter(|p| !p.is_empty());
+        let jwt_previous_key = match (previous, &self.jwt_public_key) {
+            (None, _) => None,
+            (Some(_), Some(_)) => {
+                problems.push(
+                    "JWT_SECRET_PREVIOUS: only with JWT_SECRET (HS256), not JWT_PUBLIC_KEY".into(),
+                );
+                None
+            }
+            (Some(previous), None) if previous.len() >= 16 => {
+                Some(DecodingKey::from_secret(previous.as_bytes()))
+            }
+            (Some(_), None) => {
+                problems
+                    .push("JWT_SECRET_PREVIOUS: must be at least 16 bytes, like JWT_SECRET".into());
+                None
+            }
+        };
         let allowed_origins: Vec<String> = self
             .client_url
             .split(',')
@@ -286,6 +314,7 @@ impl GatewayOptions {
         match jwt_key {
             Some(jwt_key) if problems.is_empty() => Ok(GatewaySettings {
                 jwt_key,
+                jwt_previous_key,
                 jwt_algorithm,
                 allowed_origins,
                 account_access,
