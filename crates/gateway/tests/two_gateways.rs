@@ -7,181 +7,25 @@
 //! (`{id, type, account, seq, duplicate}` per event), so the expectations follow from what was
 //! actually stored, not from a second copy of the normalization rules.
 
-use std::future::Future;
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+mod support;
 
-use clap::Parser;
-use hmac::{Hmac, Mac};
-use instantchat_broker::{NatsBus, Retention};
-use instantchat_gateway::{Gateway, GatewayArgs};
-use instantchat_ingest::{Application, IngestSettings, Secret, WEBHOOK_PATH};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use instantchat_ingest::WEBHOOK_PATH;
 use instantchat_testsupport::{NatsServer, SioClient, SioError};
 use jsonwebtoken::{EncodingKey, Header, encode};
 use serde_json::{Value, json};
-use sha2::Sha256;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use support::{Service, http, now_secs, seed_body, sign, start_gateway, start_ingest, token};
 
-/// The HS256 secret both gateways verify tokens with.
-const JWT_SECRET: &str = "two-gateways-jwt-secret-0123456789";
-/// The secret ingest verifies webhook signatures with (the fixture manifest's).
-const APP_SECRET: &str = "test_app_secret";
-/// The longest any single wait may take.
+/// The longest any single wait may take here (the whole test stays under 20 s).
 const WAIT: Duration = Duration::from_secs(5);
 /// How long a client must stay quiet after its last expected event: catches extras and repeats.
 const QUIET: Duration = Duration::from_millis(300);
 
-/// One service running in a task, stopped by its oneshot.
-struct Service {
-    url: String,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<std::io::Result<()>>,
-}
-
-impl Service {
-    /// Triggers the shutdown and waits for the server to return.
-    async fn shut_down(mut self, what: &str) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        tokio::time::timeout(Duration::from_secs(8), self.task)
-            .await
-            .unwrap_or_else(|_| panic!("{what} stops within the timeout"))
-            .unwrap_or_else(|e| panic!("{what} task does not panic: {e}"))
-            .unwrap_or_else(|e| panic!("{what} serves without an I/O error: {e}"));
-    }
-}
-
-fn stop_signal() -> (
-    oneshot::Sender<()>,
-    impl Future<Output = ()> + Send + 'static,
-) {
-    let (tx, rx) = oneshot::channel::<()>();
-    (tx, async move {
-        let _ = rx.await;
-    })
-}
-
-async fn start_ingest(nats_url: &str) -> Service {
-    let bus = NatsBus::connect(nats_url, "ingest-under-test", Retention::default())
-        .await
-        .expect("ingest connects to NATS");
-    let settings = IngestSettings {
-        app_secrets: vec![Secret::new(APP_SECRET)],
-        verify_token: None,
-        max_body_bytes: 4 * 1024 * 1024,
-    };
-    let app = Application::with_bus(0, settings, Arc::new(bus))
-        .await
-        .expect("ingest binds port 0");
-    let url = format!("http://127.0.0.1:{}", app.port());
-    let (stop, signal) = stop_signal();
-    let task = tokio::spawn(app.run_until_stopped(signal));
-    Service {
-        url,
-        stop: Some(stop),
-        task,
-    }
-}
-
-async fn start_gateway(nats_url: &str, name: &str) -> Service {
-    let args = GatewayArgs::try_parse_from([
-        "instantchat-gateway",
-        "--jwt-secret",
-        JWT_SECRET,
-        "--account-access",
-        "claim",
-        "--shutdown-timeout-secs",
-        "2",
-    ])
-    .expect("gateway flags parse");
-    let settings = args.gateway.settings().expect("valid gateway settings");
-    let bus = NatsBus::connect_reader(nats_url, name)
-        .await
-        .expect("gateway connects to NATS");
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("gateway binds port 0");
-    let url = format!("http://{}", listener.local_addr().expect("bound address"));
-    let (stop, signal) = stop_signal();
-    let gateway = Gateway::new(settings, Arc::new(bus));
-    let task = tokio::spawn(gateway.serve(listener, signal));
-    Service {
-        url,
-        stop: Some(stop),
-        task,
-    }
-}
-
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(WAIT)
-        .build()
-        .expect("an HTTP client")
-}
-
-/// Polls `GET url` until it answers 200 (at most [`WAIT`]); returns the body.
+/// Polls `GET url` until it answers 200; returns the body.
 async fn get_ok(http: &reqwest::Client, url: &str) -> String {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let last = match http.get(url).send().await {
-            Ok(r) if r.status().is_success() => return r.text().await.expect("a body"),
-            Ok(r) => format!("HTTP {}", r.status()),
-            Err(e) => e.to_string(),
-        };
-        assert!(
-            Instant::now() < deadline,
-            "GET {url}: no 200 within {WAIT:?} ({last})"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("after 1970")
-        .as_secs()
-}
-
-/// An HS256 token as the InstantChat backend mints it.
-fn token(user: &str, accounts: &[&str]) -> String {
-    let claims = json!({ "userId": user, "accounts": accounts, "exp": now_secs() + 3600 });
-    encode(
-        &Header::default(),
-        &claims,
-        &EncodingKey::from_secret(JWT_SECRET.as_bytes()),
-    )
-    .expect("a signed token")
-}
-
-/// `sha256=<hex>` of HMAC-SHA256 over the raw bytes, as Meta signs.
-fn sign(body: &[u8], secret: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
-
-/// A webhook in the seed's simplified shape.
-fn seed_body(id: &str, event_type: &str, account: &str) -> Vec<u8> {
-    let text = format!("{event_type} {id} on {account}");
-    let mut body = json!({
-        "id": id,
-        "eventType": event_type,
-        "accountId": account,
-        "sender": { "id": "sender_1", "username": "ana" },
-        "timestamp": "2025-04-16T07:40:55.994Z",
-    });
-    let key = if event_type == "messages" {
-        "message"
-    } else {
-        "comment"
-    };
-    body[key] = json!({ "text": text });
-    serde_json::to_vec(&body).expect("JSON")
+    support::wait_status(http, url, 200).await
 }
 
 /// A Meta fixture, byte for byte, with its signature from the manifest.
@@ -252,7 +96,7 @@ async fn post_seed(
     acct: &str,
 ) -> Vec<Stored> {
     let body = seed_body(id, ty, acct);
-    let signature = sign(&body, APP_SECRET);
+    let signature = sign(&body);
     post(http, ingest, body, &signature).await
 }
 
@@ -447,8 +291,8 @@ async fn two_gateways_deliver_exactly_what_each_client_may_see() {
     let nats = NatsServer::start_new();
     let http = http();
     let ingest = start_ingest(&nats.url()).await;
-    let gw1 = start_gateway(&nats.url(), "gateway-1").await;
-    let gw2 = start_gateway(&nats.url(), "gateway-2").await;
+    let gw1 = start_gateway(&nats.url(), &[]).await;
+    let gw2 = start_gateway(&nats.url(), &[]).await;
     for url in [&ingest.url, &gw1.url, &gw2.url] {
         get_ok(&http, &format!("{url}/readyz")).await;
     }
@@ -613,7 +457,7 @@ async fn a_request_sent_right_after_connect_is_answered() {
     let http = http();
     // Ingest owns the streams; gateways only read them.
     let _ingest = start_ingest(&nats.url()).await;
-    let gateway = start_gateway(&nats.url(), "gateway-race").await;
+    let gateway = start_gateway(&nats.url(), &[]).await;
     get_ok(&http, &format!("{}/readyz", gateway.url)).await;
     // One after the other, as a page load does: connect, then the first request at once.
     let mut lost = Vec::new();
@@ -657,7 +501,7 @@ async fn a_client_leaving_at_once_leaves_nothing_counted() {
     let http = http();
     // Ingest owns the streams; gateways only read them.
     let _ingest = start_ingest(&nats.url()).await;
-    let gateway = start_gateway(&nats.url(), "gateway-churn").await;
+    let gateway = start_gateway(&nats.url(), &[]).await;
     get_ok(&http, &format!("{}/readyz", gateway.url)).await;
     let auth = json!({ "token": token("churner", &["acct_1"]) });
     for _ in 0..ROUNDS {

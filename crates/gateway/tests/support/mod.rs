@@ -1,6 +1,6 @@
-//! What the observability tests share: a real nats-server, ingest and a gateway started
-//! in-process on port 0 (as `two_gateways.rs` does), signed webhooks, tokens, and a parser of
-//! the Prometheus text exposition.
+//! What the gateway's integration tests share: ingest and gateways started in-process on port 0
+//! over a real nats-server, signed webhooks, tokens, and a parser of the Prometheus text
+//! exposition.
 
 // Each test binary uses a different part of this module.
 #![allow(dead_code)]
@@ -23,7 +23,9 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub const JWT_SECRET: &str = "observability-jwt-secret-0123456789";
-pub const APP_SECRET: &str = "observability_app_secret";
+/// The secret ingest verifies webhook signatures with: the fixture manifest's, so Meta's
+/// fixtures pass with the signatures recorded beside them.
+pub const APP_SECRET: &str = "test_app_secret";
 pub const ADMIN_TOKEN: &str = "observability-admin-token-0123456789";
 /// The longest any single wait may take.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -68,7 +70,7 @@ pub async fn start_ingest(nats_url: &str) -> Service {
     let settings = IngestSettings {
         app_secrets: vec![Secret::new(APP_SECRET)],
         verify_token: None,
-        max_body_bytes: 64 * 1024,
+        max_body_bytes: 4 * 1024 * 1024,
     };
     let app = Application::with_bus(0, settings, Arc::new(bus))
         .await
@@ -139,7 +141,7 @@ pub async fn wait_status(http: &reqwest::Client, url: &str, status: u16) -> Stri
     }
 }
 
-fn now_secs() -> u64 {
+pub fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("after 1970")
