@@ -366,7 +366,8 @@ fn parse_subscribe(data: &Value, identity: &Identity) -> Result<SubscribeRequest
     })
 }
 
-/// Re-joins rooms and updates the hub's interest after subscriptions or identity changed.
+/// Moves the socket between the hub's rooms and updates the hub's interest after its
+/// subscriptions or identity changed.
 /// `from_seq`: the first seq this socket must not miss (None: the bus's current end).
 fn refresh_targets(hub: &Arc<Hub>, s: &SocketRef, session: &SessionRef, from_seq: Option<u64>) {
     let (old_rooms, rooms, old_interest, interest) = {
