@@ -11,7 +11,6 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use instantchat_broker::EventBus;
 use serde_json::json;
@@ -184,14 +183,6 @@ impl Gateway {
                 let _ = drained_tx.send(());
             }
         };
-        // Events are small writes pushed as they come: without TCP_NODELAY, Nagle's algorithm
-        // holds a write back until the previous one is acknowledged, and with delayed ACKs that
-        // is up to 40 ms.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-        });
         let server = axum::serve(
             listener,
             router.into_make_service_with_connect_info::<SocketAddr>(),
