@@ -419,19 +419,20 @@ async fn on_subscribe(
     let since = request
         .since
         .or_else(|| session.lock().pending_since.take());
-    let floor = match since {
-        Some(since) => since,
-        None => match hub.bus.last_seq().await {
-            Ok(seq) => seq,
-            Err(e) => {
-                return error_reply(
-                    &hub,
-                    &s,
-                    ack,
-                    format!("Events are unavailable right now ({e}); retry"),
-                );
-            }
-        },
+    // The bus's end now: live delivery starts after it. A resume's replay, read later, covers
+    // everything from `since` up to at least here.
+    let floor = match (since, hub.bus.last_seq().await) {
+        (_, Ok(end)) => end,
+        // The replay will report `complete: false`; hold everything after `since` meanwhile.
+        (Some(since), Err(_)) => since,
+        (None, Err(e)) => {
+            return error_reply(
+                &hub,
+                &s,
+                ack,
+                format!("Events are unavailable right now ({e}); retry"),
+            );
+        }
     };
     let types = {
         let mut state = session.lock();
@@ -441,6 +442,9 @@ async fn on_subscribe(
         }
         if since.is_some() {
             state.replaying = true;
+            // Events up to here come with the replay: held live copies would only crowd out
+            // the events that do need holding.
+            state.replay_floor = floor;
         }
         state.last_seq = state.last_seq.max(if since.is_some() { 0 } else { floor });
         state.event_types.iter().cloned().collect::<Vec<_>>()

@@ -304,6 +304,9 @@ impl Hub {
                         continue;
                     }
                     if state.replaying {
+                        if d.seq <= state.replay_floor {
+                            continue;
+                        }
                         if state.held.len() >= self.settings.client_buffer_packets {
                             drop(state);
                             self.too_slow(member.socket.clone());

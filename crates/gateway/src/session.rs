@@ -65,6 +65,9 @@ pub struct Session {
     pub last_seq: u64,
     /// While a resume replay runs, live events wait in `held` so the client sees seq order.
     pub replaying: bool,
+    /// While replaying: the bus's end when the resume began. The replay covers everything up
+    /// to it, so only live events after it are held.
+    pub replay_floor: u64,
     pub held: Vec<(u64, Arc<RawValue>)>,
     /// `auth.since` from the handshake, applied by the first `subscribe` that has no `since`.
     pub pending_since: Option<u64>,
@@ -92,6 +95,7 @@ impl SessionRef {
             counted_user: None,
             last_seq: 0,
             replaying: false,
+            replay_floor: 0,
             held: Vec::new(),
             pending_since: None,
             slow: false,

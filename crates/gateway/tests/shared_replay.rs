@@ -1,5 +1,7 @@
 //! Resumes waiting together share one read of the stream, against a real nats-server, and each
-//! gets exactly its own part of it.
+//! gets exactly its own part of it; a backlog too large to share is replayed by each socket.
+
+mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +11,9 @@ use instantchat_broker::{EventBus, Interest, NatsBus, Outgoing, Retention, Trace
 use instantchat_event::Event;
 use instantchat_gateway::GatewayArgs;
 use instantchat_gateway::hub::Hub;
-use instantchat_testsupport::NatsServer;
+use instantchat_gateway::replay::MAX_SHARED_EVENTS;
+use instantchat_testsupport::{NatsServer, SioClient};
+use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -118,4 +122,83 @@ async fn resumes_waiting_for_a_slot_share_one_read() {
         .expect("read");
     assert_eq!(hub.metrics.replay_reads.get(), 2);
     assert_eq!(alone.after(8).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_too_large_to_share_is_replayed_by_the_socket_itself() {
+    let total = MAX_SHARED_EVENTS + 50;
+    let nats = NatsServer::start_new();
+    let bus = NatsBus::connect(&nats.url(), "test", Retention::default())
+        .await
+        .expect("connect");
+    tokio::time::timeout(WAIT, async {
+        while bus.check_ready().await.is_err() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("bus ready");
+    let numbers: Vec<u32> = (0..u32::try_from(total).expect("count")).collect();
+    for chunk in numbers.chunks(1000) {
+        let batch = chunk.iter().map(|&n| event("big", n)).collect();
+        tokio::time::timeout(WAIT, bus.publish(batch))
+            .await
+            .expect("published in time")
+            .expect("published");
+    }
+
+    // The shared read stops at its bound and says so...
+    let reader = NatsBus::connect_reader(&nats.url(), "reader")
+        .await
+        .expect("reader");
+    let args = GatewayArgs::try_parse_from([
+        "instantchat-gateway",
+        "--jwt-secret",
+        "a-jwt-secret-for-this-test",
+    ])
+    .expect("flags parse");
+    let hub = Hub::new(args.gateway.settings().expect("settings"), Arc::new(reader));
+    let shared = tokio::time::timeout(
+        WAIT,
+        hub.shared_replay(0, &Interest::accounts(["big".to_owned()])),
+    )
+    .await
+    .expect("served in time")
+    .expect("read");
+    assert!(shared.truncated);
+    assert_eq!(shared.events.len(), MAX_SHARED_EVENTS);
+
+    // ...and a socket resuming from the start gets all of it anyway, in order, by its own read.
+    let gateway = support::start_gateway(&nats.url(), &[]).await;
+    let auth = json!({ "token": support::token("backlog", &["big"]) });
+    let mut client = SioClient::connect(&gateway.url, Some(&auth))
+        .await
+        .expect("connects");
+    let confirmed = client
+        .emit_with_ack(
+            "subscribe",
+            &json!({ "eventTypes": ["comments"], "userId": "backlog", "timestamp": 1, "since": 0 }),
+            WAIT,
+        )
+        .await
+        .expect("subscribed");
+    assert_eq!(confirmed["eventTypes"], json!(["comments"]), "{confirmed}");
+    let mut seqs = Vec::with_capacity(total);
+    let done = loop {
+        let (name, data) = client
+            .next_event(WAIT)
+            .await
+            .unwrap_or_else(|e| panic!("the replay goes on after {} events: {e}", seqs.len()));
+        match name.as_str() {
+            "webhook_event" => seqs.push(data["seq"].as_u64().expect("seq")),
+            "replay_complete" => break data,
+            _ => {}
+        }
+    };
+    assert_eq!(seqs.len(), total, "every stored event, once");
+    assert_eq!(seqs, (1..=total as u64).collect::<Vec<_>>(), "in seq order");
+    assert_eq!(done["count"], json!(total));
+    assert_eq!(done["complete"], json!(true));
+    client.disconnect().await;
+    gateway.shut_down("gateway").await;
 }
