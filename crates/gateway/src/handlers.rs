@@ -421,7 +421,11 @@ async fn on_subscribe(
         .or_else(|| session.lock().pending_since.take());
     // The bus's end now: live delivery starts after it. A resume's replay, read later, covers
     // everything from `since` up to at least here.
-    let floor = match (since, hub.bus.last_seq().await) {
+    let end = match since {
+        Some(_) => hub.end_for_resume().await,
+        None => hub.bus.last_seq().await.map_err(|e| e.to_string()),
+    };
+    let floor = match (since, end) {
         (_, Ok(end)) => end,
         // The replay will report `complete: false`; hold everything after `since` meanwhile.
         (Some(since), Err(_)) => since,

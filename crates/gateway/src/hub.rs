@@ -100,7 +100,11 @@ pub struct Hub {
     pub replay_slots: Arc<Semaphore>,
     /// Resumes waiting for a slot, to be served by one read.
     pub(crate) replays: crate::replay::ReplayQueue,
+    /// The bus's end, asked once for every resume that arrives while the question is out.
+    end_request: Mutex<Option<EndRequest>>,
 }
+
+type EndRequest = futures::future::Shared<futures::future::BoxFuture<'static, Result<u64, String>>>;
 
 impl Hub {
     pub fn new(settings: GatewaySettings, bus: Arc<dyn EventBus>) -> Arc<Self> {
@@ -118,6 +122,7 @@ impl Hub {
             draining: AtomicBool::new(false),
             replay_slots: Arc::new(Semaphore::new(REPLAY_CONCURRENCY)),
             replays: crate::replay::ReplayQueue::default(),
+            end_request: Mutex::default(),
         })
     }
 
@@ -169,6 +174,32 @@ impl Hub {
             *current = union;
             true
         });
+    }
+
+    /// The bus's end for a resume. Resumes arriving together (a reconnect storm) share one
+    /// request: an answer a moment old only means a few more events come by the replay.
+    pub async fn end_for_resume(&self) -> Result<u64, String> {
+        use futures::FutureExt;
+        let request = {
+            let mut slot = self.end_request.lock().unwrap_or_else(|p| p.into_inner());
+            match &*slot {
+                Some(request) => request.clone(),
+                None => {
+                    let bus = self.bus.clone();
+                    let request = async move { bus.last_seq().await.map_err(|e| e.to_string()) }
+                        .boxed()
+                        .shared();
+                    *slot = Some(request.clone());
+                    request
+                }
+            }
+        };
+        let answer = request.clone().await;
+        let mut slot = self.end_request.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.as_ref().is_some_and(|r| r.ptr_eq(&request)) {
+            *slot = None;
+        }
+        answer
     }
 
     /// Moves a socket out of the rooms `leave` and into `join`.
