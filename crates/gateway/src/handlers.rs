@@ -500,14 +500,8 @@ async fn resume(hub: Arc<Hub>, s: SocketRef, session: SessionRef, since: u64) {
                 if !wanted(&e.account_id, &e.event_type) {
                     continue;
                 }
-                match replay_one(&s, &session, e.seq, &e.payload).await {
-                    Step::Sent => count += 1,
-                    Step::Skipped => {}
-                    Step::TooSlow => return hub.too_slow(s),
-                    Step::Closed => return,
-                }
-                if count > 0 && count.is_multiple_of(REPLAY_SLICE) {
-                    tokio::task::yield_now().await;
+                if let Err(stop) = replay_one(&s, &session, e.seq, &e.payload, &mut count).await {
+                    return stop.end(&hub, s);
                 }
             }
         }
@@ -534,14 +528,10 @@ async fn resume(hub: Arc<Hub>, s: SocketRef, session: SessionRef, since: u64) {
                         else {
                             continue;
                         };
-                        match replay_one(&s, &session, d.seq, &payload).await {
-                            Step::Sent => count += 1,
-                            Step::Skipped => {}
-                            Step::TooSlow => return hub.too_slow(s),
-                            Step::Closed => return,
-                        }
-                        if count > 0 && count.is_multiple_of(REPLAY_SLICE) {
-                            tokio::task::yield_now().await;
+                        if let Err(stop) =
+                            replay_one(&s, &session, d.seq, &payload, &mut count).await
+                        {
+                            return stop.end(&hub, s);
                         }
                     }
                 }
@@ -577,29 +567,36 @@ async fn resume(hub: Arc<Hub>, s: SocketRef, session: SessionRef, since: u64) {
     );
 }
 
-/// What became of one replayed event.
-enum Step {
-    Sent,
-    /// Already sent (live, or by an earlier replay).
-    Skipped,
+/// Why a replay stops before its end.
+enum Stop {
     TooSlow,
     Closed,
 }
 
-/// Sends one replayed event, paced by the client: while its buffer is full, waits for it to
-/// drain, within [`REPLAY_STALL`].
+impl Stop {
+    fn end(self, hub: &Hub, s: SocketRef) {
+        if let Stop::TooSlow = self {
+            hub.too_slow(s);
+        }
+    }
+}
+
+/// Sends one replayed event unless the socket already has it, counting it in `count` and
+/// yielding every [`REPLAY_SLICE`] events. Paced by the client: while its buffer is full,
+/// waits for it to drain, within [`REPLAY_STALL`].
 async fn replay_one(
     s: &SocketRef,
     session: &SessionRef,
     seq: u64,
     payload: &serde_json::value::RawValue,
-) -> Step {
+    count: &mut u64,
+) -> Result<(), Stop> {
     let started = Instant::now();
     loop {
         let result = {
             let mut state = session.lock();
             if seq <= state.last_seq {
-                return Step::Skipped;
+                return Ok(());
             }
             let r = emit_event(s, payload);
             if r.is_ok() {
@@ -608,14 +605,19 @@ async fn replay_one(
             r
         };
         match result {
-            Ok(()) => return Step::Sent,
+            Ok(()) => break,
             Err(EmitError::Full) if started.elapsed() < REPLAY_STALL => {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            Err(EmitError::Full) => return Step::TooSlow,
-            Err(EmitError::Closed) => return Step::Closed,
+            Err(EmitError::Full) => return Err(Stop::TooSlow),
+            Err(EmitError::Closed) => return Err(Stop::Closed),
         }
     }
+    *count += 1;
+    if count.is_multiple_of(REPLAY_SLICE) {
+        tokio::task::yield_now().await;
+    }
+    Ok(())
 }
 
 async fn on_unsubscribe(

@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
-use instantchat_broker::{BusError, Interest};
+use instantchat_broker::Interest;
 use instantchat_event::WebhookEvent;
 use serde_json::value::RawValue;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
@@ -164,7 +164,7 @@ impl Hub {
                     truncated,
                 }))
             }
-            Err(e) => Err(describe(&e)),
+            Err(e) => Err(e.to_string()),
         };
         tracing::debug!(
             resumes = batch.waiters.len(),
@@ -175,8 +175,4 @@ impl Hub {
             let _ = waiter.send(shared.clone());
         }
     }
-}
-
-fn describe(e: &BusError) -> String {
-    e.to_string()
 }

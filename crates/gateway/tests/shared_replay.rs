@@ -30,9 +30,8 @@ fn event(account: &str, n: u32) -> Outgoing {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resumes_waiting_for_a_slot_share_one_read() {
-    let nats = NatsServer::start_new();
+/// The bus that owns the streams, once they are set up.
+async fn owner_bus(nats: &NatsServer) -> NatsBus {
     let bus = NatsBus::connect(&nats.url(), "test", Retention::default())
         .await
         .expect("connect");
@@ -43,6 +42,24 @@ async fn resumes_waiting_for_a_slot_share_one_read() {
     })
     .await
     .expect("bus ready");
+    bus
+}
+
+/// A gateway's hub over `bus`.
+fn hub(bus: NatsBus) -> Arc<Hub> {
+    let args = GatewayArgs::try_parse_from([
+        "instantchat-gateway",
+        "--jwt-secret",
+        "a-jwt-secret-for-this-test",
+    ])
+    .expect("flags parse");
+    Hub::new(args.gateway.settings().expect("settings"), Arc::new(bus))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumes_waiting_for_a_slot_share_one_read() {
+    let nats = NatsServer::start_new();
+    let bus = owner_bus(&nats).await;
     // seq 1..=9: accounts a, b, c in turn.
     let mut batch = Vec::new();
     for n in 0..9 {
@@ -50,13 +67,7 @@ async fn resumes_waiting_for_a_slot_share_one_read() {
     }
     bus.publish(batch).await.expect("published");
 
-    let args = GatewayArgs::try_parse_from([
-        "instantchat-gateway",
-        "--jwt-secret",
-        "a-jwt-secret-for-this-test",
-    ])
-    .expect("flags parse");
-    let hub = Hub::new(args.gateway.settings().expect("settings"), Arc::new(bus));
+    let hub = hub(bus);
 
     // Every replay slot is taken, so the three resumes below wait, together.
     let slots = hub.replay_slots.available_permits();
@@ -128,16 +139,7 @@ async fn resumes_waiting_for_a_slot_share_one_read() {
 async fn a_backlog_too_large_to_share_is_replayed_by_the_socket_itself() {
     let total = MAX_SHARED_EVENTS + 50;
     let nats = NatsServer::start_new();
-    let bus = NatsBus::connect(&nats.url(), "test", Retention::default())
-        .await
-        .expect("connect");
-    tokio::time::timeout(WAIT, async {
-        while bus.check_ready().await.is_err() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("bus ready");
+    let bus = owner_bus(&nats).await;
     let numbers: Vec<u32> = (0..u32::try_from(total).expect("count")).collect();
     for chunk in numbers.chunks(1000) {
         let batch = chunk.iter().map(|&n| event("big", n)).collect();
@@ -151,13 +153,7 @@ async fn a_backlog_too_large_to_share_is_replayed_by_the_socket_itself() {
     let reader = NatsBus::connect_reader(&nats.url(), "reader")
         .await
         .expect("reader");
-    let args = GatewayArgs::try_parse_from([
-        "instantchat-gateway",
-        "--jwt-secret",
-        "a-jwt-secret-for-this-test",
-    ])
-    .expect("flags parse");
-    let hub = Hub::new(args.gateway.settings().expect("settings"), Arc::new(reader));
+    let hub = hub(reader);
     let shared = tokio::time::timeout(
         WAIT,
         hub.shared_replay(0, &Interest::accounts(["big".to_owned()])),
