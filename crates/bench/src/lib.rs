@@ -18,7 +18,6 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 
-pub mod auth;
 pub mod hist;
 pub mod mix;
 pub mod monitor;

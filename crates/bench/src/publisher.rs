@@ -123,7 +123,7 @@ impl Publisher {
         })
         .to_string()
         .into_bytes();
-        let signature = crate::auth::sign(APP_SECRET.as_bytes(), &body);
+        let signature = instantchat_instagram::sign(APP_SECRET.as_bytes(), &body);
         let result = self
             .http
             .post(&self.url)

@@ -449,7 +449,7 @@ async fn client(sh: Arc<Shared>, i: usize) {
     let mix = &sh.spec.mix;
     let user = format!("bench_user_{i}");
     let account = mix.client_account(i);
-    let token = match crate::auth::mint_token(
+    let token = match instantchat_gateway::auth::mint_token(
         &sh.spec.jwt_secret,
         &user,
         std::slice::from_ref(&mix.accounts[account]),

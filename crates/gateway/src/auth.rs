@@ -1,9 +1,11 @@
-//! JWT verification: who the user is and which accounts it may see.
+//! JWT verification: who the user is and which accounts it may see; and [`mint_token`], the
+//! one place tokens with these claims are made (`instantchat token`, the load generator, tests).
 
 use std::collections::BTreeSet;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Validation, decode};
+use jsonwebtoken::{EncodingKey, Header, Validation, decode, encode};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -137,11 +139,44 @@ pub fn verify(
     })
 }
 
+/// Why [`mint_token`] made no token.
+#[derive(Debug, thiserror::Error)]
+pub enum MintError {
+    #[error("the system clock is set before 1970")]
+    Clock,
+    #[error("cannot sign the token: {0}")]
+    Sign(#[from] jsonwebtoken::errors::Error),
+}
+
+/// An HS256 token for `user` (`userId` and `sub`) that may see `accounts` (`["*"]`: every
+/// account), expiring `ttl` from now: the claims [`verify`] reads.
+pub fn mint_token(
+    secret: &str,
+    user: &str,
+    accounts: &[impl AsRef<str>],
+    ttl: Duration,
+) -> Result<String, MintError> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_err(|_| MintError::Clock)?;
+    let accounts: Vec<&str> = accounts.iter().map(AsRef::as_ref).collect();
+    let claims = serde_json::json!({
+        "userId": user,
+        "sub": user,
+        "accounts": accounts,
+        "exp": now.as_secs() + ttl.as_secs(),
+    });
+    Ok(encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::Parser;
-    use jsonwebtoken::{EncodingKey, Header, encode};
     use serde_json::json;
 
     const CURRENT: &str = "the-current-secret-0123456789";
@@ -196,6 +231,40 @@ mod tests {
             verify(&rotating, &token(PREVIOUS, -10), None),
             Err(AuthError::Expired),
             "an old-secret token still expires"
+        );
+    }
+
+    #[test]
+    fn minted_tokens_verify_with_their_user_accounts_and_expiry() {
+        let minted =
+            mint_token(CURRENT, "u7", &["a", "b"], Duration::from_secs(600)).expect("minted");
+        let identity = verify(&settings(&[]), &minted, Some("u7")).expect("accepted");
+        assert_eq!(identity.user_id, "u7");
+        assert_eq!(
+            identity.scope,
+            AccountScope::Only(["a".to_owned(), "b".to_owned()].into())
+        );
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
+        assert!((now + 590..=now + 600).contains(&identity.expires_at));
+
+        let every = mint_token(CURRENT, "u7", &["*"], Duration::from_secs(60)).expect("minted");
+        assert_eq!(
+            verify(&settings(&[]), &every, None).map(|i| i.scope),
+            Ok(AccountScope::All)
+        );
+        let other = mint_token(
+            "some-other-secret-0123456789",
+            "u7",
+            &["a"],
+            Duration::from_secs(60),
+        )
+        .expect("minted");
+        assert_eq!(
+            verify(&settings(&[]), &other, None),
+            Err(AuthError::Invalid)
         );
     }
 

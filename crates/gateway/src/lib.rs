@@ -23,5 +23,5 @@ pub mod metrics;
 pub mod replay;
 pub mod session;
 
-pub use app::{Gateway, shutdown_signal};
+pub use app::Gateway;
 pub use config::{GatewayArgs, GatewayOptions, GatewaySettings};

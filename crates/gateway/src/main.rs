@@ -5,7 +5,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use instantchat_broker::NatsBus;
-use instantchat_gateway::{Gateway, GatewayArgs, shutdown_signal};
+use instantchat_gateway::{Gateway, GatewayArgs};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -34,6 +34,8 @@ async fn main() -> anyhow::Result<()> {
     let client = bus.client().clone();
     let gateway = Gateway::new(settings, Arc::new(bus));
     gateway.watch_nats(client);
-    gateway.serve(listener, shutdown_signal()).await?;
+    gateway
+        .serve(listener, instantchat_telemetry::shutdown::signal())
+        .await?;
     Ok(())
 }

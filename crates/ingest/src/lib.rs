@@ -8,7 +8,6 @@
 //!   [`AppError`] the HTTP edge answers with.
 //! - [`metrics`]: the Prometheus counters and histogram served on `/metrics` (with the NATS
 //!   connection state and the process's resident memory).
-//! - [`shutdown`]: SIGINT / SIGTERM as a future.
 //! - [`Application`]: binds the port, connects to NATS and serves until a shutdown future
 //!   resolves, then drains in-flight requests and closes the bus. Tests and benchmarks drive it
 //!   in-process.
@@ -19,7 +18,6 @@
 pub mod app;
 pub mod config;
 pub mod metrics;
-pub mod shutdown;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -2,7 +2,7 @@
 //! (and traces when `OTEL_EXPORTER_OTLP_ENDPOINT` is set), serve until SIGINT/SIGTERM.
 
 use clap::Parser;
-use instantchat_ingest::{Application, Args, Config, LogFormat, SERVICE_NAME, shutdown};
+use instantchat_ingest::{Application, Args, Config, LogFormat, SERVICE_NAME};
 use instantchat_telemetry::{Exporter, Settings};
 
 #[tokio::main]
@@ -26,6 +26,7 @@ async fn main() -> anyhow::Result<()> {
         otlp_traces_endpoint: None,
     });
     let app = Application::build(config).await?;
-    app.run_until_stopped(shutdown::signal()).await?;
+    app.run_until_stopped(instantchat_telemetry::shutdown::signal())
+        .await?;
     Ok(())
 }

@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use instantchat_broker::{EventBus, MemoryBus, NatsBus, Retention};
-use instantchat_gateway::{Gateway, GatewayOptions, shutdown_signal};
+use instantchat_gateway::{Gateway, GatewayOptions};
 use instantchat_ingest::{IngestSettings, IngestState, Secret, webhook_router};
 
 use crate::console::{self, DevLogin};
 use crate::random_hex;
-use crate::tools::mint_token;
+use instantchat_gateway::auth::mint_token;
 
 /// Settings of `instantchat dev` and `instantchat serve`.
 #[derive(Debug, clap::Args)]
@@ -141,7 +141,7 @@ pub async fn run(mut args: SingleArgs, dev: bool) -> anyhow::Result<()> {
     }
     tracing::info!(%bind, port, bus = bus.kind(), "instantchat listening");
     gateway
-        .serve_router(router, listener, shutdown_signal())
+        .serve_router(router, listener, instantchat_telemetry::shutdown::signal())
         .await?;
     Ok(())
 }

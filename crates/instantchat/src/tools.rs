@@ -1,10 +1,9 @@
 //! `instantchat token` and `instantchat send`.
 
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
-use jsonwebtoken::{EncodingKey, Header, encode};
 use serde_json::json;
 
 /// Mint a client JWT (HS256) for the gateway.
@@ -29,22 +28,6 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("`{s}` is not a duration like 30s, 15m, 1h or 7d"))
 }
 
-/// Mints a token for `user` seeing `accounts` for `ttl`.
-pub fn mint_token(
-    secret: &str,
-    user: &str,
-    accounts: &[String],
-    ttl: Duration,
-) -> anyhow::Result<String> {
-    let exp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + ttl.as_secs();
-    let claims = json!({ "userId": user, "sub": user, "accounts": accounts, "exp": exp });
-    Ok(encode(
-        &Header::default(),
-        &claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )?)
-}
-
 pub fn token(args: TokenArgs) -> anyhow::Result<()> {
     let accounts: Vec<String> = args
         .accounts
@@ -57,7 +40,7 @@ pub fn token(args: TokenArgs) -> anyhow::Result<()> {
     }
     println!(
         "{}",
-        mint_token(&args.secret, &args.user, &accounts, args.ttl)?
+        instantchat_gateway::auth::mint_token(&args.secret, &args.user, &accounts, args.ttl)?
     );
     Ok(())
 }

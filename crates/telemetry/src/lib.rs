@@ -1,4 +1,4 @@
-//! Logs, traces and process metrics, set up the same way by every InstantChat binary.
+//! Logs, traces, process metrics and the shutdown signal, the same in every InstantChat binary.
 //!
 //! - [`init`] installs the `tracing` subscriber: text logs (JSON with `LOG_FORMAT=json`) filtered
 //!   by `RUST_LOG` (default `info`), and, only when tracing is configured, an OpenTelemetry layer
@@ -19,8 +19,11 @@
 //!   tracing is off.
 //! - [`metrics`]: Prometheus collectors evaluated on scrape (resident memory, gauges read from a
 //!   closure).
+//! - [`shutdown::signal`]: resolves on the first SIGINT or SIGTERM; every server's graceful
+//!   shutdown starts there.
 
 pub mod metrics;
+pub mod shutdown;
 
 use std::collections::VecDeque;
 use std::fmt;

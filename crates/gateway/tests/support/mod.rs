@@ -15,7 +15,6 @@ use hmac::{Hmac, Mac};
 use instantchat_broker::{NatsBus, Retention};
 use instantchat_gateway::{Gateway, GatewayArgs};
 use instantchat_ingest::{Application, IngestSettings, Secret, WEBHOOK_PATH};
-use jsonwebtoken::{EncodingKey, Header, encode};
 use serde_json::{Value, json};
 use sha2::Sha256;
 use tokio::net::TcpListener;
@@ -150,13 +149,8 @@ pub fn now_secs() -> u64 {
 
 /// An HS256 client token.
 pub fn token(user: &str, accounts: &[&str]) -> String {
-    let claims = json!({ "userId": user, "accounts": accounts, "exp": now_secs() + 3600 });
-    encode(
-        &Header::default(),
-        &claims,
-        &EncodingKey::from_secret(JWT_SECRET.as_bytes()),
-    )
-    .expect("a signed token")
+    instantchat_gateway::auth::mint_token(JWT_SECRET, user, accounts, Duration::from_secs(3600))
+        .expect("a signed token")
 }
 
 /// `sha256=<hex>` of HMAC-SHA256 over the raw bytes, as Meta signs.
