@@ -44,7 +44,7 @@ export function within(ms, what, promise) {
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-async function waitHttp(url, what, ms = 20000) {
+export async function waitHttp(url, what, ms = 20000) {
   const deadline = Date.now() + ms;
   let last;
   while (Date.now() < deadline) {

@@ -4,7 +4,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { join } from 'node:path';
-import { freePort, connect, next, request, within, sleep, repoRoot, fixturesDir } from '../lib/harness.mjs';
+import { freePort, connect, next, request, within, sleep, repoRoot, fixturesDir, stopProcess, waitHttp } from '../lib/harness.mjs';
 
 const bin = join(process.env.INSTANTCHAT_BIN_DIR ?? join(repoRoot, 'target', 'debug'), 'instantchat');
 let dev;
@@ -75,4 +75,36 @@ test('bad CLI input: one-line error, non-zero exit, no panic', () => {
   assert.match(cases[1].stderr, /cannot read \/no\/such\/fixture.json/);
   assert.match(cases[2].stderr, /is the server running/);
   assert.match(cases[3].stderr, /401/);
+});
+
+test('serve checks its webhook settings as instantchat-ingest does, every problem at once', () => {
+  const r = spawnSync(bin, ['serve', '--port', '0'], {
+    env: { ...cleanEnv, JWT_SECRET: 'j'.repeat(32), INSTAGRAM_APP_SECRET: 'a,,b', WEBHOOK_MAX_BODY_BYTES: '0' },
+    encoding: 'utf8',
+    timeout: 15000, // a server that accepted these settings would run until killed
+  });
+  assert.equal(r.signal, null, 'serve started instead of refusing its settings');
+  assert.notEqual(r.status, 0);
+  assert.doesNotMatch(r.stderr, /panicked/);
+  assert.match(r.stderr, /INSTAGRAM_APP_SECRET has 1 empty item\(s\) \(position 2 of 3\)/);
+  assert.match(r.stderr, /WEBHOOK_MAX_BODY_BYTES="0" is not valid/);
+});
+
+test('serve with an empty verify token refuses the subscription check', async () => {
+  const p = await freePort();
+  const serve = spawn(bin, ['serve', '--port', String(p), '--bind', '127.0.0.1'], {
+    env: { ...cleanEnv, JWT_SECRET: 'j'.repeat(32), INSTAGRAM_APP_SECRET: 's3cret', INSTAGRAM_WEBHOOK_VERIFY_TOKEN: '' },
+    stdio: ['ignore', 'ignore', 'inherit'],
+  });
+  try {
+    await waitHttp(`http://127.0.0.1:${p}/readyz`, 'instantchat serve');
+    const check = (token) => fetch(`http://127.0.0.1:${p}/api/webhooks/instagram?hub.mode=subscribe` +
+      `&hub.verify_token=${token}&hub.challenge=1158201444`, { signal: AbortSignal.timeout(5000) });
+    const empty = await check('');
+    assert.equal(empty.status, 403);
+    assert.notEqual(await empty.text(), '1158201444');
+    assert.equal((await check('anything')).status, 403);
+  } finally {
+    await stopProcess(serve);
+  }
 });

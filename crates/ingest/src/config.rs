@@ -184,21 +184,13 @@ impl Config {
             )
         }));
         let nats_url = found.check(nats_url(&args.nats_url));
-        let app_secrets = found.check(app_secrets(args.instagram_app_secret.as_deref()));
-        let max_body_bytes = found.check(
-            args.webhook_max_body_bytes
-                .trim()
-                .parse::<usize>()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| {
-                    invalid(
-                        "WEBHOOK_MAX_BODY_BYTES",
-                        &args.webhook_max_body_bytes,
-                        "a positive number of bytes, e.g. 4194304 (4 MiB)",
-                    )
-                }),
-        );
+        let ingest = webhook_settings(
+            args.instagram_app_secret.as_deref(),
+            args.instagram_webhook_verify_token.as_deref(),
+            &args.webhook_max_body_bytes,
+        )
+        .map_err(|p| found.0.extend(p))
+        .ok();
         let max_age = found.check(duration("EVENT_RETENTION", &args.event_retention));
         let max_events = found.check(args.event_max_count.trim().parse::<u64>().map_err(|_| {
             invalid(
@@ -228,8 +220,7 @@ impl Config {
         match (
             port,
             nats_url,
-            app_secrets,
-            max_body_bytes,
+            ingest,
             max_age,
             max_events,
             dedup_window,
@@ -239,8 +230,7 @@ impl Config {
             (
                 Some(port),
                 Some(nats_url),
-                Some(app_secrets),
-                Some(max_body_bytes),
+                Some(ingest),
                 Some(max_age),
                 Some(max_events),
                 Some(dedup_window),
@@ -249,14 +239,7 @@ impl Config {
             ) => Ok(Config {
                 port,
                 nats_url,
-                ingest: IngestSettings {
-                    app_secrets,
-                    verify_token: args
-                        .instagram_webhook_verify_token
-                        .filter(|t| !t.is_empty())
-                        .map(Secret),
-                    max_body_bytes,
-                },
+                ingest,
                 retention: Retention {
                     max_age,
                     max_events,
@@ -296,6 +279,43 @@ fn nats_url(value: &str) -> Result<String, String> {
             value,
             "a NATS server URL such as nats://127.0.0.1:4222",
         ))
+    }
+}
+
+/// The webhook settings from their raw values (`INSTAGRAM_APP_SECRET`,
+/// `INSTAGRAM_WEBHOOK_VERIFY_TOKEN`, `WEBHOOK_MAX_BODY_BYTES`), with every problem found: the
+/// same checks for `instantchat-ingest` and for the single-process binary. An empty verify token
+/// counts as none, so the subscription check is refused rather than matched by an empty
+/// `hub.verify_token`.
+pub fn webhook_settings(
+    app_secret: Option<&str>,
+    verify_token: Option<&str>,
+    max_body_bytes: &str,
+) -> Result<IngestSettings, Vec<String>> {
+    let mut problems = Vec::new();
+    let mut found = Problems(&mut problems);
+    let app_secrets = found.check(app_secrets(app_secret));
+    let max_body_bytes = found.check(
+        max_body_bytes
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| {
+                invalid(
+                    "WEBHOOK_MAX_BODY_BYTES",
+                    max_body_bytes,
+                    "a positive number of bytes, e.g. 4194304 (4 MiB)",
+                )
+            }),
+    );
+    match (app_secrets, max_body_bytes) {
+        (Some(app_secrets), Some(max_body_bytes)) => Ok(IngestSettings {
+            app_secrets,
+            verify_token: verify_token.filter(|t| !t.is_empty()).map(Secret::new),
+            max_body_bytes,
+        }),
+        _ => Err(problems),
     }
 }
 
@@ -422,5 +442,19 @@ mod tests {
             assert!(text.contains(var), "{var} missing from {text}");
         }
         assert_eq!(err.problems.len(), 5);
+    }
+
+    #[test]
+    fn an_empty_verify_token_is_no_token() {
+        let with = |token| webhook_settings(Some("s"), token, "1024").expect("valid");
+        assert_eq!(with(Some("")).verify_token, None);
+        assert_eq!(with(None).verify_token, None);
+        assert_eq!(with(Some("t")).verify_token, Some(Secret::new("t")));
+        let config = Config::from_args(args(&[
+            ("instagram-app-secret", "s"),
+            ("instagram-webhook-verify-token", ""),
+        ]))
+        .expect("valid");
+        assert_eq!(config.ingest.verify_token, None);
     }
 }

@@ -6,12 +6,13 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use instantchat_broker::{EventBus, MemoryBus, NatsBus, Retention};
+use instantchat_gateway::auth::mint_token;
 use instantchat_gateway::{Gateway, GatewayOptions};
-use instantchat_ingest::{IngestSettings, IngestState, Secret, webhook_router};
+use instantchat_ingest::config::webhook_settings;
+use instantchat_ingest::{IngestState, webhook_router};
 
 use crate::console::{self, DevLogin};
 use crate::random_hex;
-use instantchat_gateway::auth::mint_token;
 
 /// Settings of `instantchat dev` and `instantchat serve`.
 #[derive(Debug, clap::Args)]
@@ -63,20 +64,13 @@ pub async fn run(mut args: SingleArgs, dev: bool) -> anyhow::Result<()> {
         }
     }
     let mut problems = Vec::new();
-    let secrets: Vec<Secret> = args
-        .app_secret
-        .as_deref()
-        .unwrap_or_default()
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(Secret::new)
-        .collect();
-    if secrets.is_empty() {
-        problems.push(
-            "INSTAGRAM_APP_SECRET: required (the app secret Meta signs webhooks with)".to_owned(),
-        );
-    }
+    let ingest_settings = webhook_settings(
+        args.app_secret.as_deref(),
+        args.verify_token.as_deref(),
+        &args.max_body_bytes.to_string(),
+    )
+    .map_err(|p| problems.extend(p))
+    .ok();
     let gateway_settings = match args.gateway.settings() {
         Ok(s) => Some(s),
         Err(e) => {
@@ -84,7 +78,8 @@ pub async fn run(mut args: SingleArgs, dev: bool) -> anyhow::Result<()> {
             None
         }
     };
-    let Some(gateway_settings) = gateway_settings.filter(|_| problems.is_empty()) else {
+    let (Some(ingest_settings), Some(gateway_settings)) = (ingest_settings, gateway_settings)
+    else {
         bail!(
             "invalid configuration:\n  - {}\nRun with --help for every setting.",
             problems.join("\n  - ")
@@ -105,14 +100,7 @@ pub async fn run(mut args: SingleArgs, dev: bool) -> anyhow::Result<()> {
         }
         None => Arc::new(MemoryBus::new(retention)),
     };
-    let ingest = IngestState::new(
-        IngestSettings {
-            app_secrets: secrets,
-            verify_token: args.verify_token.clone().map(Secret::new),
-            max_body_bytes: args.max_body_bytes,
-        },
-        bus.clone(),
-    );
+    let ingest = IngestState::new(ingest_settings, bus.clone());
     let gateway = Gateway::new(gateway_settings, bus.clone());
     // One `/metrics` for both services.
     gateway.register_metrics(|registry| ingest.metrics().register(registry));
