@@ -77,6 +77,20 @@ test('handshake with a bad token is refused with connect_error', async () => {
   closeAll(socket);
 });
 
+test('handshake naming another user, as a string or a number, is refused with User ID mismatch', async () => {
+  for (const userId of ['someone_else', 4242]) {
+    const socket = connect(gw, { auth: { token: token({ userId: '17' }), userId } });
+    const err = await next(socket, 'connect_error');
+    assert.equal(err.message, 'User ID mismatch', `userId ${JSON.stringify(userId)}`);
+    closeAll(socket);
+  }
+  const numeric = connect(gw, { auth: { token: token({ userId: '17' }), userId: 17 } });
+  await next(numeric, 'connect');
+  const confirmed = await request(numeric, 'subscribe', { eventTypes: ['comments'], userId: 17, timestamp: 1 });
+  assert.deepEqual(confirmed.eventTypes, ['comments']);
+  closeAll(numeric);
+});
+
 test('every reply of the table, to the event and to the ack', async () => {
   const socket = await authed(gw, { userId: 'table_user' });
   const sub = await request(socket, 'subscribe', { eventTypes: ['comments', 'mentions'], userId: 'table_user', timestamp: 1 });

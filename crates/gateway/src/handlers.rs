@@ -111,8 +111,8 @@ async fn handshake(
             let Some(token) = token.as_str() else {
                 return Err(AuthError::Invalid.to_string());
             };
-            let claimed = auth.get("userId").and_then(Value::as_str);
-            let identity = auth::verify(&hub.settings, token, claimed).map_err(|e| {
+            let claimed = claimed_user(&auth);
+            let identity = auth::verify(&hub.settings, token, claimed.as_deref()).map_err(|e| {
                 hub.metrics
                     .auth_failures
                     .get_or_create(&Metrics::label("reason", e.label()))
@@ -258,11 +258,7 @@ async fn on_authenticate(
     let Some(token) = data.get("token").and_then(Value::as_str) else {
         return refuse(&hub, &s, ack, AuthError::Invalid);
     };
-    let claimed = data.get("userId").and_then(|v| match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    });
+    let claimed = claimed_user(&data);
     let identity = match auth::verify(&hub.settings, token, claimed.as_deref()) {
         Ok(identity) => identity,
         Err(e) => return refuse(&hub, &s, ack, e),
@@ -316,6 +312,16 @@ fn parse_event_types(data: &Value) -> Result<Vec<String>, String> {
                 .ok_or_else(|| RULE.to_owned())
         })
         .collect()
+}
+
+/// The `userId` a client names beside its token (string or number), to be checked against the
+/// token's user; the same in the handshake `auth` and in `authenticate`.
+fn claimed_user(data: &Value) -> Option<String> {
+    match data.get("userId")? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
 }
 
 fn check_user(data: &Value, identity: &Identity) -> Result<(), String> {
