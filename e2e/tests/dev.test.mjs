@@ -77,9 +77,9 @@ test('bad CLI input: one-line error, non-zero exit, no panic', () => {
   assert.match(cases[3].stderr, /401/);
 });
 
-test('serve checks its webhook settings as instantchat-ingest does, every problem at once', () => {
+test('serve checks its webhook and log settings as the services do, every problem at once', () => {
   const r = spawnSync(bin, ['serve', '--port', '0'], {
-    env: { ...cleanEnv, JWT_SECRET: 'j'.repeat(32), INSTAGRAM_APP_SECRET: 'a,,b', WEBHOOK_MAX_BODY_BYTES: '0' },
+    env: { ...cleanEnv, JWT_SECRET: 'j'.repeat(32), INSTAGRAM_APP_SECRET: 'a,,b', WEBHOOK_MAX_BODY_BYTES: '0', LOG_FORMAT: 'xml' },
     encoding: 'utf8',
     timeout: 15000, // a server that accepted these settings would run until killed
   });
@@ -88,6 +88,7 @@ test('serve checks its webhook settings as instantchat-ingest does, every proble
   assert.doesNotMatch(r.stderr, /panicked/);
   assert.match(r.stderr, /INSTAGRAM_APP_SECRET has 1 empty item\(s\) \(position 2 of 3\)/);
   assert.match(r.stderr, /WEBHOOK_MAX_BODY_BYTES="0" is not valid/);
+  assert.match(r.stderr, /LOG_FORMAT="xml" is not valid/);
 });
 
 test('serve with an empty verify token refuses the subscription check', async () => {

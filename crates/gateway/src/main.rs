@@ -10,9 +10,13 @@ use instantchat_gateway::{Gateway, GatewayArgs};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = GatewayArgs::parse();
+    let log_problems = instantchat_telemetry::check_log_settings(&args.log_format);
     let settings = match args.gateway.settings() {
-        Ok(s) => s,
-        Err(e) => {
+        Ok(s) if log_problems.is_empty() => s,
+        result => {
+            let mut problems = result.err().map(|e| e.0).unwrap_or_default();
+            problems.extend(log_problems);
+            let e = instantchat_gateway::config::ConfigError(problems);
             eprintln!("instantchat-gateway: {e}\nRun with --help for every setting.");
             std::process::exit(2);
         }

@@ -49,11 +49,11 @@ fn main() -> std::process::ExitCode {
             Command::Dev(args) => {
                 // Flushes pending spans when the server stops.
                 let _telemetry = instantchat_telemetry::init("instantchat", &cli.log_format);
-                single::run(args, true).await
+                single::run(args, true, &cli.log_format).await
             }
             Command::Serve(args) => {
                 let _telemetry = instantchat_telemetry::init("instantchat", &cli.log_format);
-                single::run(args, false).await
+                single::run(args, false, &cli.log_format).await
             }
             Command::Token(args) => tools::token(args),
             Command::Send(args) => tools::send(args).await,

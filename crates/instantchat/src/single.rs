@@ -43,7 +43,7 @@ pub struct SingleArgs {
 }
 
 /// Runs until SIGINT/SIGTERM. `dev` fills in missing secrets and prints how to use them.
-pub async fn run(mut args: SingleArgs, dev: bool) -> anyhow::Result<()> {
+pub async fn run(mut args: SingleArgs, dev: bool, log_format: &str) -> anyhow::Result<()> {
     let mut generated = Vec::new();
     if dev {
         if args.gateway.jwt_secret.is_none() && args.gateway.jwt_public_key.is_none() {
@@ -63,7 +63,7 @@ pub async fn run(mut args: SingleArgs, dev: bool) -> anyhow::Result<()> {
                 format!("http://localhost:{0},http://127.0.0.1:{0}", args.port);
         }
     }
-    let mut problems = Vec::new();
+    let mut problems = instantchat_telemetry::check_log_settings(log_format);
     let ingest_settings = webhook_settings(
         args.app_secret.as_deref(),
         args.verify_token.as_deref(),
