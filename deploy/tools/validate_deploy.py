@@ -43,8 +43,8 @@ import yaml
 K8S_VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
 SERVICE_TARGETS = {"ingest", "gateway", "instantchat"}
 SECRET_VARS = {"INSTAGRAM_APP_SECRET", "INSTAGRAM_WEBHOOK_VERIFY_TOKEN", "JWT_SECRET"}
-# Env vars a binary reads without a clap `env = "..."` (tracing's filter).
-ALWAYS_KNOWN_ENV = {"RUST_LOG"}
+# Env vars a binary reads without a clap `env = "..."` (tracing's filter, the OTLP exporter).
+ALWAYS_KNOWN_ENV = {"RUST_LOG", "OTEL_EXPORTER_OTLP_ENDPOINT"}
 # Seconds a gateway may take to drain when SHUTDOWN_TIMEOUT_SECS is not set (its default), and a
 # nominal time for ingest to finish in-flight webhooks.
 DEFAULT_DRAIN_SECS = 10

@@ -9,7 +9,9 @@
 //! - [`publisher`]: signed webhooks at a fixed rate or as fast as delivery keeps up, the send
 //!   time embedded in each event.
 //! - [`mix`]: which events go to which clients (accounts and types), shared by both sides.
-//! - [`monitor`]: a progress line every second, samples, CPU and memory from `/proc`.
+//! - [`monitor`]: a progress line every second, samples, CPU and memory from `/proc`
+//!   ([`procfs`] reads it).
+//! - [`hist`]: HDR latency histograms and how workers send them to the coordinator.
 //! - [`scenarios`]: `fanout`, `latency`, `idle`, `scale-out`, `storm`; each writes a summary
 //!   table to stdout and JSON to `--out`.
 

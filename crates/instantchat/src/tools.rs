@@ -1,4 +1,4 @@
-//! `instantchat token` and `instantchat send`.
+//! `instantchat token`, `send`, `tail` and `admin`.
 
 use std::path::PathBuf;
 use std::time::Duration;
