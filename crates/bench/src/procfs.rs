@@ -152,7 +152,14 @@ impl Machine {
                         .join("/")
                 })
                 .unwrap_or_default(),
-            git_commit: run(Command::new("git").args(["rev-parse", "--short", "HEAD"])),
+            // The checkout the bench runs in; git's error text is no commit.
+            git_commit: Command::new("git")
+                .args(["rev-parse", "--short", "HEAD"])
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+                .unwrap_or_else(|| "unknown (not run in a git checkout)".to_owned()),
         }
     }
 }
