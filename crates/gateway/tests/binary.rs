@@ -1,18 +1,15 @@
 //! The `instantchat-gateway` binary refuses bad settings before it connects or binds anything:
 //! every problem named at once, exit code 2.
 
-use std::process::{Command, Output};
+use std::process::Output;
+
+use instantchat_testsupport::run_with_env;
 
 const BIN: &str = env!("CARGO_BIN_EXE_instantchat-gateway");
 
 /// Runs the binary with only `PATH` and `vars` in its environment.
 fn run(vars: &[(&str, &str)]) -> Output {
-    Command::new(BIN)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .envs(vars.iter().copied())
-        .output()
-        .expect("the binary runs")
+    run_with_env(BIN, &[], vars)
 }
 
 #[test]

@@ -5,6 +5,8 @@
 //!   fault tests (the port and the JetStream store survive a restart).
 //! - [`free_port`]: a free loopback TCP port.
 //! - [`wait_for`]: poll a condition with a deadline, so no test waits forever.
+//! - [`run_with_env`]: run a binary to its end with only `PATH` and the given variables, as on a
+//!   clean machine (configuration tests).
 //! - [`SioClient`] (re-exported from `instantchat-sioclient`): a minimal Socket.IO v4 client, to drive the gateway
 //!   from Rust tests (and load generators) the way socket.io-client does.
 //!
@@ -15,11 +17,23 @@ pub use instantchat_sioclient::{SioClient, SioError};
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// How long a started server may take to accept connections.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Runs `bin` with `args` and an environment of only `PATH` and `vars`, to its end. For binaries
+/// that refuse their configuration and exit; one that starts serving would never return.
+pub fn run_with_env(bin: &str, args: &[&str], vars: &[(&str, &str)]) -> Output {
+    Command::new(bin)
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(vars.iter().copied())
+        .output()
+        .expect("the binary runs")
+}
 
 /// Returns a loopback port nothing listens on right now.
 pub fn free_port() -> u16 {

@@ -4,7 +4,7 @@
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use instantchat_testsupport::{NatsServer, free_port};
+use instantchat_testsupport::{NatsServer, free_port, run_with_env};
 
 use crate::helpers::{SECRET, TIMEOUT, eventually, fixture};
 
@@ -12,13 +12,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_instantchat-ingest");
 
 /// Runs the binary with only `PATH` and `vars` in its environment.
 fn run(args: &[&str], vars: &[(&str, &str)]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .envs(vars.iter().copied())
-        .output()
-        .expect("the binary runs")
+    run_with_env(BIN, args, vars)
 }
 
 #[test]
