@@ -77,8 +77,8 @@ test('handshake with a bad token is refused with connect_error', async () => {
   closeAll(socket);
 });
 
-test('handshake naming another user, as a string or a number, is refused with User ID mismatch', async () => {
-  for (const userId of ['someone_else', 4242]) {
+test('handshake naming another user, as a string, a number or neither, is refused with User ID mismatch', async () => {
+  for (const userId of ['someone_else', 4242, true, { id: '17' }]) {
     const socket = connect(gw, { auth: { token: token({ userId: '17' }), userId } });
     const err = await next(socket, 'connect_error');
     assert.equal(err.message, 'User ID mismatch', `userId ${JSON.stringify(userId)}`);

@@ -111,14 +111,15 @@ async fn handshake(
             let Some(token) = token.as_str() else {
                 return Err(AuthError::Invalid.to_string());
             };
-            let claimed = claimed_user(&auth);
-            let identity = auth::verify(&hub.settings, token, claimed.as_deref()).map_err(|e| {
-                hub.metrics
-                    .auth_failures
-                    .get_or_create(&Metrics::label("reason", e.label()))
-                    .inc();
-                e.to_string()
-            })?;
+            let identity = claimed_user(&auth)
+                .and_then(|claimed| auth::verify(&hub.settings, token, claimed.as_deref()))
+                .map_err(|e| {
+                    hub.metrics
+                        .auth_failures
+                        .get_or_create(&Metrics::label("reason", e.label()))
+                        .inc();
+                    e.to_string()
+                })?;
             if !hub.acquire_user(&identity.user_id) {
                 let e = AuthError::TooManyConnections;
                 hub.metrics
@@ -258,8 +259,9 @@ async fn on_authenticate(
     let Some(token) = data.get("token").and_then(Value::as_str) else {
         return refuse(&hub, &s, ack, AuthError::Invalid);
     };
-    let claimed = claimed_user(&data);
-    let identity = match auth::verify(&hub.settings, token, claimed.as_deref()) {
+    let identity = match claimed_user(&data)
+        .and_then(|claimed| auth::verify(&hub.settings, token, claimed.as_deref()))
+    {
         Ok(identity) => identity,
         Err(e) => return refuse(&hub, &s, ack, e),
     };
@@ -315,12 +317,14 @@ fn parse_event_types(data: &Value) -> Result<Vec<String>, String> {
 }
 
 /// The `userId` a client names beside its token (string or number), to be checked against the
-/// token's user; the same in the handshake `auth` and in `authenticate`.
-fn claimed_user(data: &Value) -> Option<String> {
-    match data.get("userId")? {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
+/// token's user; the same in the handshake `auth` and in `authenticate`. A `userId` of another
+/// kind (`true`, an object) names no user, so it cannot be the token's.
+fn claimed_user(data: &Value) -> Result<Option<String>, AuthError> {
+    match data.get("userId") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(_) => Err(AuthError::UserMismatch),
     }
 }
 
