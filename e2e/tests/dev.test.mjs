@@ -79,9 +79,13 @@ test('bad CLI input: one-line error, non-zero exit, no panic', () => {
 
 test('serve checks its webhook and log settings as the services do, every problem at once', () => {
   const r = spawnSync(bin, ['serve', '--port', '0'], {
-    env: { ...cleanEnv, JWT_SECRET: 'j'.repeat(32), INSTAGRAM_APP_SECRET: 'a,,b', WEBHOOK_MAX_BODY_BYTES: '0', LOG_FORMAT: 'xml' },
+    env: {
+      ...cleanEnv, JWT_SECRET: 'j'.repeat(32), INSTAGRAM_APP_SECRET: 'a,,b', WEBHOOK_MAX_BODY_BYTES: '0',
+      LOG_FORMAT: 'xml', RUST_LOG: 'instantchat=loud',
+    },
     encoding: 'utf8',
     timeout: 15000, // a server that accepted these settings would run until killed
+    killSignal: 'SIGKILL',
   });
   assert.equal(r.signal, null, 'serve started instead of refusing its settings');
   assert.notEqual(r.status, 0);
@@ -89,6 +93,8 @@ test('serve checks its webhook and log settings as the services do, every proble
   assert.match(r.stderr, /INSTAGRAM_APP_SECRET has 1 empty item\(s\) \(position 2 of 3\)/);
   assert.match(r.stderr, /WEBHOOK_MAX_BODY_BYTES="0" is not valid/);
   assert.match(r.stderr, /LOG_FORMAT="xml" is not valid/);
+  assert.match(r.stderr, /RUST_LOG="instantchat=loud" does not parse/);
+  assert.doesNotMatch(r.stderr, /using `info`/, 'no logging starts with settings about to be refused');
 });
 
 test('serve with an empty verify token refuses the subscription check', async () => {
@@ -107,5 +113,31 @@ test('serve with an empty verify token refuses the subscription check', async ()
     assert.equal((await check('anything')).status, 403);
   } finally {
     await stopProcess(serve);
+  }
+});
+
+test('dev treats empty secrets as unset and generates them', async () => {
+  const p = await freePort();
+  const child = spawn(bin, ['dev', '--port', String(p)], {
+    env: { ...cleanEnv, INSTAGRAM_APP_SECRET: '', INSTAGRAM_WEBHOOK_VERIFY_TOKEN: '', JWT_SECRET: '' },
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  let banner = '';
+  try {
+    await within(20000, 'the dev banner', new Promise((resolve) => {
+      child.stdout.on('data', (chunk) => {
+        banner += chunk;
+        if (/Next, in another terminal/.test(banner)) resolve();
+      });
+    }));
+    const verify = banner.match(/^\s*(?:export )?INSTAGRAM_WEBHOOK_VERIFY_TOKEN=(\S+)/m)?.[1];
+    assert.ok(verify, `a generated verify token in:\n${banner}`);
+    assert.match(banner, /^\s*(?:export )?INSTAGRAM_APP_SECRET=\S+/m);
+    const res = await fetch(`http://127.0.0.1:${p}/api/webhooks/instagram?hub.mode=subscribe` +
+      `&hub.verify_token=${verify}&hub.challenge=4815162342`, { signal: AbortSignal.timeout(5000) });
+    assert.equal(res.status, 200);
+    assert.equal(await res.text(), '4815162342');
+  } finally {
+    await stopProcess(child);
   }
 });

@@ -10,7 +10,7 @@ use instantchat_gateway::{Gateway, GatewayArgs};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = GatewayArgs::parse();
-    let log_problems = instantchat_telemetry::check_log_settings(&args.log_format);
+    let log_problems = instantchat_telemetry::check_log_settings(&args.log_format, None);
     let settings = match args.gateway.settings() {
         Ok(s) if log_problems.is_empty() => s,
         result => {

@@ -200,22 +200,19 @@ impl Config {
             )
         }));
         let dedup_window = found.check(duration("DEDUP_WINDOW", &args.dedup_window));
-        let log_filter = found.check(
-            tracing_subscriber::EnvFilter::try_new(&args.rust_log)
-                .map(|_| args.rust_log.clone())
-                .map_err(|e| {
-                    format!(
-                        "RUST_LOG={:?} does not parse ({e}): use a level such as `info` or \
-                         directives such as `instantchat_ingest=debug,info`",
-                        args.rust_log
-                    )
-                }),
-        );
-        let log_format = found.check(match args.log_format.trim().to_ascii_lowercase().as_str() {
-            "text" => Ok(LogFormat::Text),
-            "json" => Ok(LogFormat::Json),
-            _ => Err(invalid("LOG_FORMAT", &args.log_format, "`text` or `json`")),
-        });
+        let log_problems =
+            instantchat_telemetry::check_log_settings(&args.log_format, Some(&args.rust_log));
+        let (log_filter, log_format) = if log_problems.is_empty() {
+            let format = if args.log_format.trim().eq_ignore_ascii_case("json") {
+                LogFormat::Json
+            } else {
+                LogFormat::Text
+            };
+            (Some(args.rust_log.clone()), Some(format))
+        } else {
+            found.0.extend(log_problems);
+            (None, None)
+        };
 
         match (
             port,

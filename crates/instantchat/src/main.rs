@@ -35,6 +35,21 @@ enum Command {
     Admin(tools::AdminArgs),
 }
 
+/// `dev` and `serve`: logs start only with valid log settings; `run` refuses bad ones together
+/// with its own.
+async fn single_process(
+    args: single::SingleArgs,
+    dev: bool,
+    log_format: &str,
+) -> anyhow::Result<()> {
+    let log_problems = instantchat_telemetry::check_log_settings(log_format, None);
+    // Flushes pending spans when the server stops.
+    let _telemetry = log_problems
+        .is_empty()
+        .then(|| instantchat_telemetry::init("instantchat", log_format));
+    single::run(args, dev, log_problems).await
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
@@ -46,15 +61,8 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Dev(args) => {
-                // Flushes pending spans when the server stops.
-                let _telemetry = instantchat_telemetry::init("instantchat", &cli.log_format);
-                single::run(args, true, &cli.log_format).await
-            }
-            Command::Serve(args) => {
-                let _telemetry = instantchat_telemetry::init("instantchat", &cli.log_format);
-                single::run(args, false, &cli.log_format).await
-            }
+            Command::Dev(args) => single_process(args, true, &cli.log_format).await,
+            Command::Serve(args) => single_process(args, false, &cli.log_format).await,
             Command::Token(args) => tools::token(args),
             Command::Send(args) => tools::send(args).await,
             Command::Tail(args) => tools::tail(args).await,

@@ -33,8 +33,8 @@ pub struct SingleArgs {
     #[arg(long, env = "INSTAGRAM_WEBHOOK_VERIFY_TOKEN", hide_env_values = true)]
     pub verify_token: Option<String>,
     /// Largest webhook body accepted, in bytes.
-    #[arg(long, env = "WEBHOOK_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
-    pub max_body_bytes: usize,
+    #[arg(long, env = "WEBHOOK_MAX_BODY_BYTES", default_value = "4194304")]
+    pub max_body_bytes: String,
     /// Events the in-process bus keeps for resume.
     #[arg(long, env = "EVENT_MAX_COUNT", default_value_t = 100_000)]
     pub max_events: u64,
@@ -43,18 +43,21 @@ pub struct SingleArgs {
 }
 
 /// Runs until SIGINT/SIGTERM. `dev` fills in missing secrets and prints how to use them.
-pub async fn run(mut args: SingleArgs, dev: bool, log_format: &str) -> anyhow::Result<()> {
+/// `log_problems`: what [`instantchat_telemetry::check_log_settings`] found, refused with the rest.
+pub async fn run(mut args: SingleArgs, dev: bool, log_problems: Vec<String>) -> anyhow::Result<()> {
     let mut generated = Vec::new();
     if dev {
-        if args.gateway.jwt_secret.is_none() && args.gateway.jwt_public_key.is_none() {
+        // An empty variable is unset here, as everywhere else.
+        let unset = |v: &Option<String>| v.as_deref().is_none_or(|v| v.trim().is_empty());
+        if unset(&args.gateway.jwt_secret) && args.gateway.jwt_public_key.is_none() {
             args.gateway.jwt_secret = Some(random_hex(24)?);
             generated.push("JWT_SECRET");
         }
-        if args.app_secret.is_none() {
+        if unset(&args.app_secret) {
             args.app_secret = Some(random_hex(16)?);
             generated.push("INSTAGRAM_APP_SECRET");
         }
-        if args.verify_token.is_none() {
+        if unset(&args.verify_token) {
             args.verify_token = Some(random_hex(8)?);
             generated.push("INSTAGRAM_WEBHOOK_VERIFY_TOKEN");
         }
@@ -63,11 +66,11 @@ pub async fn run(mut args: SingleArgs, dev: bool, log_format: &str) -> anyhow::R
                 format!("http://localhost:{0},http://127.0.0.1:{0}", args.port);
         }
     }
-    let mut problems = instantchat_telemetry::check_log_settings(log_format);
+    let mut problems = log_problems;
     let ingest_settings = webhook_settings(
         args.app_secret.as_deref(),
         args.verify_token.as_deref(),
-        &args.max_body_bytes.to_string(),
+        &args.max_body_bytes,
     )
     .map_err(|p| problems.extend(p))
     .ok();

@@ -312,30 +312,34 @@ pub fn tracing_active() -> bool {
     ACTIVE.load(Ordering::Acquire)
 }
 
-/// The log layer's filter: `filter`, else `RUST_LOG`, else `info`; the webhook-to-socket spans
-/// are left out unless the filter names their target. Also says what was wrong with the filter.
 /// Problems with the log settings, for a service to refuse to start with: `log_format` (the
-/// `LOG_FORMAT` value) must be `text` or `json` (any case), and `RUST_LOG`, when set, must parse
-/// as a filter. [`init`] itself falls back (text, `info`) and logs a warning.
-pub fn check_log_settings(log_format: &str) -> Vec<String> {
+/// `LOG_FORMAT` value) must be `text` or `json` (any case), and `rust_log` (else the `RUST_LOG`
+/// variable), unless empty, must parse as a filter. [`init`] itself falls back (text, `info`)
+/// and logs a warning.
+pub fn check_log_settings(log_format: &str, rust_log: Option<&str>) -> Vec<String> {
     let mut problems = Vec::new();
     if !["text", "json"].contains(&log_format.trim().to_ascii_lowercase().as_str()) {
         problems.push(format!(
             "LOG_FORMAT={log_format:?} is not valid: set it to `text` or `json`"
         ));
     }
-    if let Ok(filter) = std::env::var("RUST_LOG")
-        && !filter.trim().is_empty()
+    let filter = rust_log
+        .map(str::to_owned)
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .filter(|f| !f.trim().is_empty());
+    if let Some(filter) = filter
         && let Err(e) = EnvFilter::try_new(&filter)
     {
         problems.push(format!(
             "RUST_LOG={filter:?} does not parse ({e}): use a level such as `info` or directives \
-             such as `instantchat_gateway=debug,info`"
+             such as `info,async_nats=warn`"
         ));
     }
     problems
 }
 
+/// The log layer's filter: `filter`, else `RUST_LOG`, else `info`; the webhook-to-socket spans
+/// are left out unless the filter names their target. Also says what was wrong with the filter.
 fn log_filter(filter: Option<&str>) -> (EnvFilter, Option<String>) {
     let wanted = filter
         .map(str::to_owned)
