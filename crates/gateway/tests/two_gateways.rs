@@ -14,9 +14,8 @@ use std::time::{Duration, Instant};
 
 use instantchat_ingest::WEBHOOK_PATH;
 use instantchat_testsupport::{NatsServer, SioClient, SioError};
-use jsonwebtoken::{EncodingKey, Header, encode};
 use serde_json::{Value, json};
-use support::{Service, http, now_secs, seed_body, sign, start_gateway, start_ingest, token};
+use support::{Service, http, seed_body, sign, start_gateway, start_ingest, token};
 
 /// The longest any single wait may take here (the whole test stays under 20 s).
 const WAIT: Duration = Duration::from_secs(5);
@@ -298,10 +297,11 @@ async fn two_gateways_deliver_exactly_what_each_client_may_see() {
     }
 
     // A bad token is refused at connect, with the reason as the connect_error message.
-    let forged = encode(
-        &Header::default(),
-        &json!({ "userId": "mallory", "accounts": ["*"], "exp": now_secs() + 60 }),
-        &EncodingKey::from_secret(b"not-the-gateway-secret-0123456789"),
+    let forged = instantchat_gateway::auth::mint_token(
+        "not-the-gateway-secret-0123456789",
+        "mallory",
+        &["*"],
+        Duration::from_secs(60),
     )
     .expect("a token");
     match SioClient::connect(&gw2.url, Some(&json!({ "token": forged }))).await {

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use clap::Parser;
 use hmac::{Hmac, Mac};
@@ -138,13 +138,6 @@ pub async fn wait_status(http: &reqwest::Client, url: &str, status: u16) -> Stri
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("after 1970")
-        .as_secs()
 }
 
 /// An HS256 client token.
