@@ -329,11 +329,10 @@ fn claimed_user(data: &Value) -> Result<Option<String>, AuthError> {
 }
 
 fn check_user(data: &Value, identity: &Identity) -> Result<(), String> {
-    match data.get("userId") {
-        None | Some(Value::Null) => Ok(()),
-        Some(Value::String(u)) if *u == identity.user_id => Ok(()),
-        Some(Value::Number(n)) if n.to_string() == identity.user_id => Ok(()),
-        Some(_) => Err("userId does not match the authenticated user".into()),
+    match claimed_user(data) {
+        Ok(None) => Ok(()),
+        Ok(Some(user)) if user == identity.user_id => Ok(()),
+        _ => Err("userId does not match the authenticated user".into()),
     }
 }
 

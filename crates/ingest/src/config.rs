@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use instantchat_broker::Retention;
+pub use instantchat_telemetry::LogFormat;
 
 /// The raw settings as clap reads them (flag, else env var, else default). Values stay strings
 /// so that [`Config::from_args`] can check all of them and report every problem together.
@@ -113,13 +114,6 @@ pub struct IngestSettings {
     pub max_body_bytes: usize,
 }
 
-/// How logs are printed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
 /// A secret value whose `Debug` never shows it, so configs and errors can be logged safely.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -203,12 +197,10 @@ impl Config {
         let log_problems =
             instantchat_telemetry::check_log_settings(&args.log_format, Some(&args.rust_log));
         let (log_filter, log_format) = if log_problems.is_empty() {
-            let format = if args.log_format.trim().eq_ignore_ascii_case("json") {
-                LogFormat::Json
-            } else {
-                LogFormat::Text
-            };
-            (Some(args.rust_log.clone()), Some(format))
+            (
+                Some(args.rust_log.clone()),
+                Some(LogFormat::parse(&args.log_format)),
+            )
         } else {
             found.0.extend(log_problems);
             (None, None)

@@ -2,7 +2,7 @@
 //! (and traces when `OTEL_EXPORTER_OTLP_ENDPOINT` is set), serve until SIGINT/SIGTERM.
 
 use clap::Parser;
-use instantchat_ingest::{Application, Args, Config, LogFormat, SERVICE_NAME};
+use instantchat_ingest::{Application, Args, Config, SERVICE_NAME};
 use instantchat_telemetry::{Exporter, Settings};
 
 #[tokio::main]
@@ -17,10 +17,7 @@ async fn main() -> anyhow::Result<()> {
     // Flushes pending spans when main returns.
     let _telemetry = instantchat_telemetry::init_with(Settings {
         service_name: SERVICE_NAME.to_owned(),
-        log_format: match config.log_format {
-            LogFormat::Json => instantchat_telemetry::LogFormat::Json,
-            LogFormat::Text => instantchat_telemetry::LogFormat::Text,
-        },
+        log_format: config.log_format,
         log_filter: Some(config.log_filter.clone()),
         exporter: Exporter::from_env(),
         otlp_traces_endpoint: None,

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use instantchat_broker::{EventBus, MemoryBus, NatsBus, Retention};
 use instantchat_gateway::auth::mint_token;
+use instantchat_gateway::config::ConfigError;
 use instantchat_gateway::{Gateway, GatewayOptions};
 use instantchat_ingest::config::webhook_settings;
 use instantchat_ingest::{IngestState, webhook_router};
@@ -84,8 +85,8 @@ pub async fn run(mut args: SingleArgs, dev: bool, log_problems: Vec<String>) -> 
     let (Some(ingest_settings), Some(gateway_settings)) = (ingest_settings, gateway_settings)
     else {
         bail!(
-            "invalid configuration:\n  - {}\nRun with --help for every setting.",
-            problems.join("\n  - ")
+            "{}\nRun with --help for every setting.",
+            ConfigError(problems)
         );
     };
     let retention = Retention {
