@@ -28,11 +28,14 @@ WORKDIR /src
 FROM chef AS planner
 COPY Cargo.toml Cargo.lock ./
 COPY crates crates
+COPY vendor vendor
 RUN cargo chef prepare --recipe-path recipe.json
 
 # --- build: dependencies from the recipe (cached layer), then the workspace
 FROM chef AS builder
 COPY --from=planner /src/recipe.json recipe.json
+# The patched dependencies (vendor/README.md) are built with the other dependencies.
+COPY vendor vendor
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
     cargo chef cook --release --locked --recipe-path recipe.json

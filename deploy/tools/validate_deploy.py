@@ -4,7 +4,8 @@
 
 What is checked, and with what:
   Dockerfile          hadolint; the service targets exist; builder and runtime on one Debian
-                      release; every COPY source exists; the runtime user is not root.
+                      release; every COPY source exists; the stages that build copy every
+                      directory Cargo.toml takes path dependencies from; the runtime user is not root.
   docker-compose.yml  the Compose specification schema (check-jsonschema's vendored copy); then
                       what a schema cannot see: ${VAR} interpolations against .env.example, build
                       targets, bind-mounted files, depends_on, the gateway's replicas and ports,
@@ -126,13 +127,15 @@ class Checker:
                 image = re.sub(r"\$\{?(\w+)\}?", lambda v: args.get(v.group(1), v.group(0)), m.group(1))
                 current = (m.group(2) or f"#{len(stages)}").lower()
                 parent = stages.get(image.lower())
-                stages[current] = {"image": image, "parent": parent, "user": None, "from": image.lower()}
+                stages[current] = {"image": image, "parent": parent, "user": None, "from": image.lower(),
+                                   "copied": set()}
             elif word in ("COPY", "ADD") and current is not None:
                 parts = rest.split()
                 if any(p.startswith("--from") for p in parts):
                     continue
                 sources = [p for p in parts if not p.startswith("--")][:-1]
                 for src in sources:
+                    stages[current]["copied"].add(src.strip("./").split("/")[0])
                     if not (self.root / src).exists():
                         self.problem("Dockerfile", f"{word} source `{src}` does not exist in the repository")
             elif word == "USER" and current is not None:
@@ -163,6 +166,14 @@ class Checker:
                 if codename(image) != build_release or build_release is None:
                     self.problem("Dockerfile", f"builder ({base_image('builder')}) and runtime ({image}) "
                                                "are not on the same Debian release")
+        # The stages that read the workspace need every directory Cargo.toml points into: the
+        # crates, and the patched dependencies of [patch.crates-io].
+        needed = self.cargo_path_dirs()
+        for name in ("planner", "builder"):
+            if name in stages:
+                for missing in sorted(needed - stages[name]["copied"]):
+                    self.problem("Dockerfile", f"stage `{name}` does not COPY `{missing}`, which "
+                                               "Cargo.toml takes path dependencies from")
         for target in sorted(SERVICE_TARGETS & set(stages)):
             user = next((s["user"] for s in chain(target) if s["user"]), None)
             if user is None or user in ("0", "root"):
@@ -171,6 +182,20 @@ class Checker:
                 self.problem("Dockerfile", f"target `{target}`: USER {user} should be numeric so "
                                            "Kubernetes' runAsNonRoot can check it")
         return set(stages)
+
+    def cargo_path_dirs(self) -> set[str]:
+        """Top-level directories of the path dependencies and patches in Cargo.toml."""
+        import tomllib
+        manifest = tomllib.loads((self.root / "Cargo.toml").read_text())
+        found: list[str] = []
+        for dep in manifest.get("workspace", {}).get("dependencies", {}).values():
+            if isinstance(dep, dict) and "path" in dep:
+                found.append(dep["path"])
+        for registry in manifest.get("patch", {}).values():
+            for dep in registry.values():
+                if isinstance(dep, dict) and "path" in dep:
+                    found.append(dep["path"])
+        return {path.strip("./").split("/")[0] for path in found}
 
     # ---------------------------------------------------------------- docker-compose.yml
 
@@ -799,6 +824,8 @@ MUTATIONS = [
      "without `resolve`"),
     ("Dockerfile lint", "Dockerfile", "WORKDIR /src\n", "WORKDIR src\n", "hadolint"),
     ("runtime as root", "Dockerfile", "USER 10001:10001\n", "", "runs as root"),
+    ("patched dependency not copied", "Dockerfile", "COPY crates crates\nCOPY vendor vendor\n",
+     "COPY crates crates\n", "does not COPY `vendor`"),
     ("NATS without JetStream", "deploy/nats/values.yaml", "  jetstream:\n    enabled: true",
      "  jetstream:\n    enabled: false", "jetstream"),
 ]
@@ -815,7 +842,7 @@ def self_test(root: Path, tools: Path) -> int:
             for name in ("Dockerfile", "docker-compose.yml", ".env.example"):
                 shutil.copy(root / name, work / name)
             shutil.copytree(root / "deploy", work / "deploy", ignore=shutil.ignore_patterns("node_modules"))
-            for name in ("Cargo.toml", "Cargo.lock", "crates", "proto", "web"):
+            for name in ("Cargo.toml", "Cargo.lock", "crates", "vendor", "proto", "web"):
                 if (root / name).exists():
                     (work / name).symlink_to(root / name)
             target = work / rel

@@ -3,6 +3,7 @@
 import { test, before, after, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import jwt from 'jsonwebtoken';
+import WebSocket from 'ws';
 import {
   startSystem, connect, authed, next, request, token, postWebhook, fixture, seedBody, sleep, within,
   ORIGIN, JWT_SECRET,
@@ -266,6 +267,58 @@ test('resume: a client offline for a while gets the gap with since, then replay_
   assert.deepEqual(all.map((e) => e.id), ['comments:r2', 'comments:r3', 'comments:r4'], 'live after the replay, none twice');
   assert.ok(all.every((e, i) => i === 0 || e.seq > all[i - 1].seq), 'in seq order');
   closeAll(again);
+});
+
+describe('engine.io heartbeat', () => {
+  // The gateway pings every PING_INTERVAL_SECS; the client must answer within PING_TIMEOUT_SECS.
+  let beat;
+  before(async () => {
+    beat = await startSystem({ gateways: [{ PING_INTERVAL_SECS: '1', PING_TIMEOUT_SECS: '1', AUTH_TIMEOUT_SECS: '60' }] });
+  });
+  after(async () => { await beat?.stop(); });
+
+  for (const transports of [['websocket'], ['polling', 'websocket']]) {
+    test(`socket.io-client answers the pings and stays connected (${transports.join(', then ')})`, async () => {
+      const socket = connect(beat.gateways[0], { transports });
+      let pings = 0;
+      socket.io.on('ping', () => { pings += 1; });
+      await next(socket, 'connect');
+      await sleep(3500);
+      assert.ok(socket.connected, 'still connected after 3.5 s of 1 s pings');
+      assert.ok(pings >= 2, `pinged ${pings} times in 3.5 s`);
+      assert.equal(socket.io.engine.transport.name, 'websocket');
+      socket.close();
+    });
+  }
+
+  test('a WebSocket client that stops answering pings is closed after the ping timeout', async () => {
+    const ws = new WebSocket(`ws://127.0.0.1:${beat.gateways[0].port}/socket.io/?EIO=4&transport=websocket`);
+    const frames = [];
+    let answered = 0;
+    ws.on('message', (data) => {
+      const text = String(data);
+      frames.push(text);
+      // The handshake, then one ping answered; silence after that.
+      if (text.startsWith('0{')) ws.send('40');
+      if (text === '2' && answered === 0) {
+        answered += 1;
+        ws.send('3');
+      }
+    });
+    const closed = new Promise((resolve) => ws.once('close', resolve));
+    await within(5000, 'WebSocket open', new Promise((resolve, reject) => {
+      ws.once('open', resolve);
+      ws.once('error', reject);
+    }));
+    const opened = Date.now();
+    await within(10000, 'the server closing the WebSocket', closed);
+    const lasted = Date.now() - opened;
+    // Ping at 1 s (answered), ping at 2 s (not), closed at about 3 s.
+    assert.ok(lasted >= 2500, `closed after ${lasted} ms, before the unanswered ping timed out`);
+    assert.ok(lasted < 6000, `closed after ${lasted} ms`);
+    assert.equal(frames.filter((f) => f === '2').length, 2, `frames: ${frames.join(' | ')}`);
+    assert.equal(frames.at(-1), '1', 'the engine.io close packet comes last');
+  });
 });
 
 describe('timeouts', () => {
