@@ -132,9 +132,10 @@ impl Gateway {
             .layer(cors)
     }
 
-    /// Starts the fan-out and heartbeat tasks; they stop when `shutdown` turns true.
+    /// Starts the fan-out, token-expiry and heartbeat tasks; they stop when `shutdown` turns true.
     pub fn spawn_background(&self, shutdown: watch::Receiver<bool>) {
         tokio::spawn(self.hub.clone().run_fanout(shutdown.clone()));
+        tokio::spawn(crate::expiry::run(self.hub.clone(), shutdown.clone()));
         tokio::spawn(handlers::heartbeat_monitor(self.hub.clone(), shutdown));
     }
 

@@ -182,20 +182,7 @@ fn accept_identity(hub: &Arc<Hub>, s: &SocketRef, session: &SessionRef, identity
     };
     refresh_targets(hub, s, session, None);
     // `auth_expired` at `exp`, then a grace period for a fresh `authenticate`.
-    let (hub, s, session) = (hub.clone(), s.clone(), session.clone());
-    tokio::spawn(async move {
-        let left = expires_at.saturating_mul(1000).saturating_sub(now_ms());
-        tokio::time::sleep(Duration::from_millis(left)).await;
-        if !s.connected() || session.lock().auth_generation != generation {
-            return;
-        }
-        let _ = s.emit("auth_expired", &json!({ "timestamp": now_ms() }));
-        tokio::time::sleep(hub.settings.auth_expiry_grace).await;
-        if s.connected() && session.lock().auth_generation == generation {
-            tracing::debug!(sid = %s.id, "token expired; disconnecting");
-            let _ = s.clone().disconnect();
-        }
-    });
+    hub.expiries.arm(s.id, generation, expires_at);
 }
 
 /// `auth_failed` (to the ack too, if any), then disconnect.
@@ -704,6 +691,7 @@ async fn on_heartbeat(
 
 async fn on_disconnect(s: SocketRef, State(hub): State<Arc<Hub>>) {
     hub.metrics.connections.dec();
+    hub.expiries.forget(s.id);
     let Some(session) = s.extensions.get::<SessionRef>() else {
         return;
     };

@@ -102,6 +102,8 @@ pub struct Hub {
     pub(crate) replays: crate::replay::ReplayQueue,
     /// The bus's end, asked once for every resume that arrives while the question is out.
     end_request: Mutex<Option<EndRequest>>,
+    /// Token expiries of the authenticated sockets, served by [`crate::expiry::run`].
+    pub expiries: crate::expiry::Expiries,
 }
 
 type EndRequest = futures::future::Shared<futures::future::BoxFuture<'static, Result<u64, String>>>;
@@ -123,6 +125,7 @@ impl Hub {
             replay_slots: Arc::new(Semaphore::new(REPLAY_CONCURRENCY)),
             replays: crate::replay::ReplayQueue::default(),
             end_request: Mutex::default(),
+            expiries: crate::expiry::Expiries::default(),
         })
     }
 

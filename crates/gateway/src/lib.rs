@@ -4,6 +4,7 @@
 //! - [`auth`]: JWT verification; the user and the accounts it may see.
 //! - [`handlers`]: the handshake and every client event with its reply.
 //! - [`session`]: per-socket state (subscriptions, rooms, rate budget, last seq sent).
+//! - [`expiry`]: `auth_expired` at each token's expiry, and the disconnect after the grace.
 //! - [`hub`]: shared state, interest that follows connections, and the fan-out from the bus.
 //! - [`replay`]: resumes waiting at the same time share one read of the stream.
 //! - [`app`]: the HTTP routes (`/socket.io`, `/healthz`, `/readyz`, `/metrics`,
@@ -17,6 +18,7 @@ pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod expiry;
 pub mod handlers;
 pub mod hub;
 pub mod metrics;
