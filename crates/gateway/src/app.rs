@@ -25,8 +25,10 @@ use crate::config::GatewaySettings;
 use crate::handlers;
 use crate::hub::Hub;
 
-/// How much a WebSocket read takes at a time (engineioxide's default is 4 KiB).
-const WS_READ_CHUNK: usize = 1024;
+/// How much a WebSocket read takes at a time (engineioxide's default is 4 KiB). Every
+/// connection holds this much while idle. Client messages are small (a pong is 7 bytes, a
+/// `subscribe` about 100); a larger one is read in several chunks.
+const WS_READ_CHUNK: usize = 512;
 
 /// A readiness probe must answer quickly even when the broker hangs.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -230,17 +232,34 @@ async fn refuse_foreign_origin(
     next.run(request).await
 }
 
+/// The request headers read after this point: engine.io's WebSocket handshake and polling
+/// POSTs, and the handshake's per-IP limit. The origin check and CORS run before.
+const KEPT_HEADERS: [header::HeaderName; 3] = [
+    header::SEC_WEBSOCKET_KEY,
+    header::CONTENT_TYPE,
+    header::HeaderName::from_static("x-forwarded-for"),
+];
+
 /// socketioxide keeps each socket's request head (headers, URI) for the socket's lifetime.
 /// hyper's header values and URI are slices of its connection read buffers, so keeping them
-/// would pin those buffers (two 8 KiB allocations) for as long as the client stays connected;
-/// owned copies take a few hundred bytes.
+/// would pin those buffers (two 8 KiB allocations) for as long as the client stays connected.
+/// The gateway hands on owned copies, and only of the headers read later: a browser's
+/// cookies and user agent would otherwise stay in memory for every connection.
 async fn detach_request_head(mut request: Request) -> Request {
     if !request.uri().path().starts_with("/socket.io") {
         return request;
     }
     let shared = std::mem::take(request.headers_mut());
-    let mut owned = HeaderMap::with_capacity(shared.len());
+    let kept = shared
+        .iter()
+        .filter(|(name, _)| KEPT_HEADERS.contains(name))
+        .count();
+    // Sized to fit: a map grown one header at a time reserves room for several.
+    let mut owned = HeaderMap::with_capacity(kept);
     for (name, value) in &shared {
+        if !KEPT_HEADERS.contains(name) {
+            continue;
+        }
         if let Ok(mut copy) = HeaderValue::from_bytes(value.as_bytes()) {
             copy.set_sensitive(value.is_sensitive());
             owned.append(name.clone(), copy);
@@ -299,19 +318,22 @@ mod tests {
     /// hyper hands over header values and the URI as slices of its read buffer; after the
     /// middleware nothing the socket keeps points into that buffer.
     #[tokio::test]
-    async fn the_request_head_socketioxide_keeps_owns_its_memory() {
+    async fn the_request_head_socketioxide_keeps_is_owned_and_trimmed() {
         let buffer = Bytes::from_static(
-            b"/socket.io/?EIO=4&transport=websocket|http://localhost:5173|Bearer abc",
+            b"/socket.io/?EIO=4&transport=websocket|http://localhost:5173|Bearer abc|10.0.0.7",
         );
         let bar: Vec<usize> = (0..buffer.len()).filter(|&i| buffer[i] == b'|').collect();
         let uri = Uri::from_maybe_shared(buffer.slice(..bar[0])).expect("uri");
         let origin =
             HeaderValue::from_maybe_shared(buffer.slice(bar[0] + 1..bar[1])).expect("origin");
-        let auth = HeaderValue::from_maybe_shared(buffer.slice(bar[1] + 1..)).expect("auth");
+        let auth = HeaderValue::from_maybe_shared(buffer.slice(bar[1] + 1..bar[2])).expect("auth");
+        let forwarded =
+            HeaderValue::from_maybe_shared(buffer.slice(bar[2] + 1..)).expect("forwarded");
         let mut request = Request::builder()
             .uri(uri.clone())
             .header(header::ORIGIN, origin)
             .header(header::AUTHORIZATION, auth)
+            .header("x-forwarded-for", forwarded)
             .body(Body::empty())
             .expect("request");
         request.extensions_mut().insert(OriginalUri(uri));
@@ -322,8 +344,9 @@ mod tests {
 
         let request = detach_request_head(request).await;
         assert_eq!(request.uri(), "/socket.io/?EIO=4&transport=websocket");
-        assert_eq!(request.headers()[header::ORIGIN], "http://localhost:5173");
-        assert_eq!(request.headers()[header::AUTHORIZATION], "Bearer abc");
+        // Only the headers read after this point stay.
+        assert_eq!(request.headers()["x-forwarded-for"], "10.0.0.7");
+        assert_eq!(request.headers().len(), 1, "{:?}", request.headers());
         for value in request.headers().values() {
             assert!(
                 !within(&buffer, value.as_bytes()),
