@@ -4,7 +4,8 @@
 //! Other functions are used internally to handle the websocket connection through tasks and channels
 //! and to handle upgrade from polling to ws
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use engineioxide_core::PacketBuf;
 use futures_util::{SinkExt, StreamExt};
@@ -202,6 +203,20 @@ where
     Ok((socket, ws, heartbeat))
 }
 
+/// Pings are sent on this grid: the connections whose pings fall in the same quarter of a
+/// second are woken together, so a server full of idle connections wakes a few times a second
+/// instead of once per ping. A ping is at most this much later than `ping_interval`.
+const PING_GRID: Duration = Duration::from_millis(250);
+
+/// The first point of the ping grid at or after `at`.
+fn on_ping_grid(at: tokio::time::Instant) -> tokio::time::Instant {
+    static ORIGIN: OnceLock<tokio::time::Instant> = OnceLock::new();
+    let origin = *ORIGIN.get_or_init(tokio::time::Instant::now);
+    let step = PING_GRID.as_nanos();
+    let steps = at.saturating_duration_since(origin).as_nanos().div_ceil(step);
+    origin + Duration::from_nanos(u64::try_from(steps * step).unwrap_or(u64::MAX))
+}
+
 /// How the connection loop ended.
 enum End {
     /// The session was closed (by the server, the heartbeat, or the handler).
@@ -246,7 +261,7 @@ async fn run<H: EngineIoHandler, S>(
 
     // The heartbeat: a ping every `ping_interval`; a pong must come within `ping_timeout`.
     let (interval, timeout) = (engine.config.ping_interval, engine.config.ping_timeout);
-    let heartbeat_at = tokio::time::sleep(interval);
+    let heartbeat_at = tokio::time::sleep_until(on_ping_grid(tokio::time::Instant::now() + interval));
     tokio::pin!(heartbeat_at);
     let mut pinged_at: Option<tokio::time::Instant> = None;
 
@@ -271,7 +286,7 @@ async fn run<H: EngineIoHandler, S>(
                     Incoming::Heartbeat => {
                         if heartbeat {
                             if let Some(at) = pinged_at.take() {
-                                heartbeat_at.as_mut().reset(at + interval);
+                                heartbeat_at.as_mut().reset(on_ping_grid(at + interval));
                             }
                         } else {
                             socket.heartbeat_received();
