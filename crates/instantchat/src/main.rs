@@ -50,6 +50,11 @@ async fn single_process(
     single::run(args, dev, log_problems).await
 }
 
+/// As in `instantchat-gateway`: the fan-out allocates on one thread what the connections free
+/// on another, which mimalloc does without the locks glibc's malloc takes.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
