@@ -66,7 +66,8 @@ pub struct GatewayOptions {
     #[arg(long, env = "HEARTBEAT_TIMEOUT_SECS", default_value_t = 60)]
     pub heartbeat_timeout_secs: u64,
     /// Seconds between engine.io pings on each connection (sent to clients in the handshake;
-    /// socket.io-client follows it). Longer: less idle CPU, slower detection of dead peers.
+    /// socket.io-client follows it). Pings go out on a 250 ms grid, so up to 250 ms later.
+    /// Longer: less idle CPU, slower detection of dead peers.
     /// Keep it under the idle timeout of every proxy in front (often 60 s).
     #[arg(long, env = "PING_INTERVAL_SECS", default_value_t = 25)]
     pub ping_interval_secs: u64,
