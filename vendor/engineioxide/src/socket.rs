@@ -164,7 +164,8 @@ impl Permit<'_> {
 #[derive(Debug)]
 pub(crate) struct InternalRx {
     pub buffered_rx: Receiver<QueuedPackets>,
-    pub peeked_packet: Option<PacketBuf>,
+    /// Boxed: this struct lives in every socket, and only polling ever peeks.
+    pub peeked_packet: Option<Box<PacketBuf>>,
     pub volatile_rx: watch::Receiver<Option<PacketBuf>>,
 }
 
@@ -233,6 +234,9 @@ where
     /// nobody waits is kept for the next wait; a second one is dropped, since the client is
     /// already known to be alive. Unlike a channel, it allocates nothing.
     heartbeat: Notify,
+    /// Set when a socket that started on polling moves to WebSocket: the WebSocket connection's
+    /// loop sends the pings from then on, and the heartbeat task ends at its next tick.
+    heartbeat_handed_over: AtomicBool,
 
     /// A cancellation token that will be triggered when the socket is being closed.
     pub(crate) cancellation_token: CancellationToken,
@@ -276,6 +280,7 @@ where
             volatile_tx,
 
             heartbeat: Notify::new(),
+            heartbeat_handed_over: AtomicBool::new(false),
             cancellation_token: CancellationToken::new(),
 
             close_fn,
@@ -303,6 +308,10 @@ where
     /// Tells the heartbeat job that the client answered (or pinged, in v3).
     pub(crate) fn heartbeat_received(&self) {
         self.heartbeat.notify_one();
+    }
+    /// Moves the heartbeat from its task to the WebSocket connection's loop (v4 only).
+    pub(crate) fn hand_over_heartbeat(&self) {
+        self.heartbeat_handed_over.store(true, Ordering::Relaxed);
     }
     pub(crate) fn is_upgrading(&self) -> bool {
         self.upgrading.load(Ordering::Relaxed)
@@ -369,6 +378,10 @@ where
             if self.is_upgrading() {
                 interval_tick.tick().await;
                 continue;
+            }
+            // Upgraded to WebSocket: the connection's loop sends the pings now.
+            if self.heartbeat_handed_over.load(Ordering::Relaxed) {
+                return Ok(());
             }
 
             #[cfg(feature = "tracing")]
@@ -617,6 +630,7 @@ where
             volatile_tx,
 
             heartbeat: Notify::new(),
+            heartbeat_handed_over: AtomicBool::new(false),
             cancellation_token: CancellationToken::new(),
             close_fn,
 

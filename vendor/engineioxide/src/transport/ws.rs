@@ -179,8 +179,13 @@ where
                         return Err(Error::Upgrade);
                     }
                 }
-                // Its heartbeat task runs since it started on polling.
-                (socket, ws, false)
+                // Its heartbeat task has run since it started on polling; with v4 the loop
+                // takes over, and the task ends at its next tick.
+                let in_loop = socket.protocol == ProtocolVersion::V4;
+                if in_loop {
+                    socket.hand_over_heartbeat();
+                }
+                (socket, ws, in_loop)
             }
         }
     } else {
@@ -288,9 +293,10 @@ async fn run<H: EngineIoHandler, S>(
                             if let Some(at) = pinged_at.take() {
                                 heartbeat_at.as_mut().reset(on_ping_grid(at + interval));
                             }
-                        } else {
-                            socket.heartbeat_received();
                         }
+                        // The heartbeat task too, if there is one: after an upgrade it may
+                        // still wait for the answer to a ping it sent over polling.
+                        socket.heartbeat_received();
                     }
                     Incoming::Close => break End::ClientClosed,
                     Incoming::Other => {}
