@@ -35,6 +35,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import tomllib
 from pathlib import Path
 
 import kubernetes_validate
@@ -185,7 +186,6 @@ class Checker:
 
     def cargo_path_dirs(self) -> set[str]:
         """Top-level directories of the path dependencies and patches in Cargo.toml."""
-        import tomllib
         manifest = tomllib.loads((self.root / "Cargo.toml").read_text())
         found: list[str] = []
         for dep in manifest.get("workspace", {}).get("dependencies", {}).values():
