@@ -72,8 +72,8 @@ use http::request::Parts;
 use smallvec::{SmallVec, smallvec};
 use tokio::sync::{
     Mutex, Notify,
+    futures::Notified,
     mpsc::{self, Receiver, error::TrySendError},
-    watch,
 };
 
 pub use engineioxide_core::Sid;
@@ -166,19 +166,45 @@ pub(crate) struct InternalRx {
     pub buffered_rx: Receiver<QueuedPackets>,
     /// Boxed: this struct lives in every socket, and only polling ever peeks.
     pub peeked_packet: Option<Box<PacketBuf>>,
-    pub volatile_rx: watch::Receiver<Option<PacketBuf>>,
 }
 
 impl InternalRx {
-    fn new(
-        buffered_rx: Receiver<QueuedPackets>,
-        volatile_rx: watch::Receiver<Option<PacketBuf>>,
-    ) -> Self {
+    fn new(buffered_rx: Receiver<QueuedPackets>) -> Self {
         Self {
             buffered_rx,
             peeked_packet: None,
-            volatile_rx,
         }
+    }
+}
+
+/// The latest volatile packets that the connection has not written yet. A volatile send
+/// replaces them, so only the latest is kept, as with upstream's `watch` channel. That channel
+/// took about 500 bytes in every socket (its eight `Notify`s and the packets inline), though
+/// most applications never send a volatile message; this takes about 50.
+///
+/// Only the holder of [`Socket::internal_rx`]'s lock takes from it.
+#[derive(Debug, Default)]
+pub(crate) struct Volatile {
+    latest: std::sync::Mutex<Option<Box<PacketBuf>>>,
+    ready: Notify,
+}
+
+impl Volatile {
+    /// Replaces the packets not written yet, and wakes the connection.
+    fn put(&self, packets: PacketBuf) {
+        *self.latest.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(packets));
+        self.ready.notify_one();
+    }
+
+    /// The packets to write, if a send came since the last take.
+    pub(crate) fn take(&self) -> Option<Box<PacketBuf>> {
+        self.latest.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// Completes once a send came since the last time it completed (a send made while nobody
+    /// waits is kept for the next wait).
+    pub(crate) fn ready(&self) -> Notified<'_> {
+        self.ready.notified()
     }
 }
 
@@ -224,10 +250,9 @@ where
     /// Channel to send [PacketBuf] to the internal connection
     pub(crate) internal_tx: mpsc::Sender<QueuedPackets>,
 
-    /// Channel to send volatile [PacketBuf]s that bypass the internal buffer.
-    /// Uses a [`watch`](tokio::sync::watch) channel so only the latest volatile
+    /// Volatile [PacketBuf]s, which bypass the internal buffer. Only the latest volatile
     /// message is retained; subsequent volatile sends overwrite the previous one.
-    volatile_tx: watch::Sender<Option<PacketBuf>>,
+    pub(crate) volatile: Volatile,
 
     /// Signals a Pong (v4 protocol) or Ping (v3 protocol) from the connection to the heartbeat
     /// job, which runs in a separate task. Like a channel of capacity one: a signal sent while
@@ -266,7 +291,6 @@ where
         supports_binary: bool,
     ) -> Self {
         let (internal_tx, internal_rx) = mpsc::channel(config.max_buffer_size);
-        let (volatile_tx, volatile_rx) = watch::channel(None);
 
         Self {
             id: Sid::new(),
@@ -274,10 +298,10 @@ where
             transport: AtomicU8::new(transport as u8),
             upgrading: AtomicBool::new(false),
 
-            internal_rx: Mutex::new(InternalRx::new(internal_rx, volatile_rx)),
+            internal_rx: Mutex::new(InternalRx::new(internal_rx)),
             internal_tx,
 
-            volatile_tx,
+            volatile: Volatile::default(),
 
             heartbeat: Notify::new(),
             heartbeat_handed_over: AtomicBool::new(false),
@@ -556,8 +580,13 @@ where
         self.send_volatile(packets)
     }
 
+    /// `false` once the socket is closing: nothing will write the packets.
     pub(crate) fn send_volatile(&self, packets: PacketBuf) -> bool {
-        self.volatile_tx.send(Some(packets)).is_ok()
+        if self.cancellation_token.is_cancelled() {
+            return false;
+        }
+        self.volatile.put(packets);
+        true
     }
 }
 
@@ -616,7 +645,6 @@ where
         buffer_size: usize,
     ) -> (Arc<Socket<D>>, tokio::sync::mpsc::Receiver<Packet>) {
         let (internal_tx, internal_rx) = mpsc::channel(buffer_size);
-        let (volatile_tx, volatile_rx) = watch::channel(None);
 
         let sock = Self {
             id: sid,
@@ -624,10 +652,10 @@ where
             transport: AtomicU8::new(TransportType::Websocket as u8),
             upgrading: AtomicBool::new(false),
 
-            internal_rx: Mutex::new(InternalRx::new(internal_rx, volatile_rx)),
+            internal_rx: Mutex::new(InternalRx::new(internal_rx)),
             internal_tx,
 
-            volatile_tx,
+            volatile: Volatile::default(),
 
             heartbeat: Notify::new(),
             heartbeat_handed_over: AtomicBool::new(false),

@@ -253,16 +253,13 @@ async fn run<H: EngineIoHandler, S>(
         tracing::debug!(sid = %socket.id, "session closed before starting the ws loop");
         return;
     };
-    let InternalRx {
-        buffered_rx,
-        volatile_rx,
-        ..
-    } = &mut *internal_rx;
+    let InternalRx { buffered_rx, .. } = &mut *internal_rx;
 
-    // Made once: made in the loop, it would register with the token and unregister again on
-    // every turn.
+    // Made once: made in the loop, they would register and unregister again on every turn.
     let cancelled = socket.cancellation_token.cancelled();
     tokio::pin!(cancelled);
+    let volatile = socket.volatile.ready();
+    tokio::pin!(volatile);
 
     // The heartbeat: a ping every `ping_interval`; a pong must come within `ping_timeout`.
     let (interval, timeout) = (engine.config.ping_interval, engine.config.ping_timeout);
@@ -319,14 +316,15 @@ async fn run<H: EngineIoHandler, S>(
                 heartbeat_at.as_mut().reset(now + timeout);
                 Box::new(smallvec![Packet::Ping])
             }
-            Ok(()) = volatile_rx.changed() => {
-                let val = volatile_rx.borrow_and_update().clone();
-                match val {
+            () = &mut volatile => {
+                volatile.set(socket.volatile.ready());
+                match socket.volatile.take() {
                     Some(packets) => {
                         #[cfg(feature = "tracing")]
                         tracing::debug!(sid = ?socket.id, "ws volatile flush: {} packets", packets.len());
-                        Box::new(packets)
+                        packets
                     }
+                    // Taken already, on the turn of an earlier send.
                     None => continue,
                 }
             },

@@ -1,0 +1,119 @@
+//! Volatile messages through the patched engine (`vendor/engineioxide`): a volatile emit reaches
+//! the client over WebSocket and over long-polling, only the latest of the volatile emits not yet
+//! written is kept, and a regular emit after them still arrives.
+//!
+//! The gateway does not send volatile messages, but socketioxide offers them, and the patched
+//! engine replaced upstream's channel for them with a slot of its own.
+
+use std::time::Duration;
+
+use instantchat_testsupport::SioClient;
+use serde_json::{Value, json};
+use socketioxide::{SocketIo, extract::SocketRef};
+use tokio::sync::mpsc;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+/// A Socket.IO server on a free port whose `go` handler emits volatile `v` 1 then 2, then a
+/// regular `done`, then reports on the returned channel that it has.
+async fn server() -> (
+    String,
+    mpsc::UnboundedReceiver<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (handled, handled_rx) = mpsc::unbounded_channel();
+    let (layer, io) = SocketIo::new_layer();
+    io.ns("/", async move |socket: SocketRef| {
+        socket.on("go", async move |socket: SocketRef| {
+            socket.volatile().emit("v", &1).ok();
+            socket.volatile().emit("v", &2).ok();
+            socket.emit("done", &()).ok();
+            handled.send(()).ok();
+        });
+    });
+    let app = axum::Router::new().layer(layer);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    (url, handled_rx, task)
+}
+
+#[tokio::test]
+async fn websocket_gets_the_latest_volatile_message() {
+    let (url, _handled, server) = server().await;
+    let mut client = SioClient::connect(&url, None).await.unwrap();
+    client.emit("go", &Value::Null).unwrap();
+    let mut volatile = Vec::new();
+    let mut done = false;
+    // The regular `done` may overtake the volatile messages: they use separate queues.
+    while !done || volatile.last() != Some(&json!(2)) {
+        match client.next_event(WAIT).await.unwrap() {
+            (name, _) if name == "done" => done = true,
+            (name, data) if name == "v" => volatile.push(data),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // The connection runs beside the handler, so it may write 1 before 2 replaces it.
+    assert!(
+        volatile == [json!(2)] || volatile == [json!(1), json!(2)],
+        "{volatile:?}"
+    );
+    server.abort();
+}
+
+#[tokio::test]
+async fn polling_gets_the_latest_volatile_message() {
+    let (url, mut handled, server) = server().await;
+    let http = reqwest::Client::builder().timeout(WAIT).build().unwrap();
+    let endpoint = format!("{url}/socket.io/?EIO=4&transport=polling");
+    // The packets of the next response that has any besides the engine's heartbeat pings,
+    // which polling sends from the start.
+    let get = |query: String| {
+        let http = http.clone();
+        async move {
+            loop {
+                let res = http.get(&query).send().await.unwrap();
+                assert!(res.status().is_success(), "{}", res.status());
+                let body = res.text().await.unwrap();
+                let packets: Vec<String> = body
+                    .split('\x1e')
+                    .filter(|p| *p != "2")
+                    .map(str::to_owned)
+                    .collect();
+                if !packets.is_empty() {
+                    return packets;
+                }
+            }
+        }
+    };
+    let post = |query: String, body: &'static str| {
+        let http = http.clone();
+        async move {
+            let res = http.post(query).body(body).send().await.unwrap();
+            assert_eq!(res.text().await.unwrap(), "ok");
+        }
+    };
+
+    let open = get(endpoint.clone()).await;
+    let open: Value = serde_json::from_str(open[0].strip_prefix('0').unwrap()).unwrap();
+    let session = format!("{endpoint}&sid={}", open["sid"].as_str().unwrap());
+    post(session.clone(), "40").await;
+    assert!(get(session.clone()).await[0].starts_with("40"));
+
+    // No request waits while `go` is handled, so both volatile emits are made before anything
+    // is written: the next responses carry the latest only, and `done`.
+    post(session.clone(), r#"42["go"]"#).await;
+    tokio::time::timeout(WAIT, handled.recv())
+        .await
+        .expect("the handler ran")
+        .unwrap();
+    let mut packets: Vec<String> = Vec::new();
+    while packets.len() < 2 {
+        packets.extend(get(session.clone()).await);
+    }
+    packets.sort();
+    assert_eq!(packets, vec![r#"42["done",null]"#, r#"42["v",2]"#]);
+    server.abort();
+}
