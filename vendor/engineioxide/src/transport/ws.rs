@@ -180,7 +180,7 @@ where
                     }
                 }
                 // Its heartbeat task has run since it started on polling; with v4 the loop
-                // takes over, and the task ends at its next tick.
+                // takes over, and the task ends at once.
                 let in_loop = socket.protocol == ProtocolVersion::V4;
                 if in_loop {
                     socket.hand_over_heartbeat();

@@ -1,16 +1,22 @@
-//! Volatile messages through the patched engine (`vendor/engineioxide`): a volatile emit reaches
-//! the client over WebSocket and over long-polling, only the latest of the volatile emits not yet
-//! written is kept, and a regular emit after them still arrives.
+//! What the patched engine (`vendor/engineioxide`) does differently from upstream, seen from a
+//! client:
 //!
-//! The gateway does not send volatile messages, but socketioxide offers them, and the patched
-//! engine replaced upstream's channel for them with a slot of its own.
+//! - Volatile messages: a volatile emit reaches the client over WebSocket and over long-polling,
+//!   only the latest of the volatile emits not yet written is kept, and a regular emit after them
+//!   still arrives. The gateway does not send volatile messages, but socketioxide offers them, and
+//!   the patched engine replaced upstream's channel for them with a slot of its own.
+//! - A socket that starts on polling and upgrades to WebSocket (socket.io-client's default) hands
+//!   its heartbeat to the WebSocket loop, and its polling heartbeat task ends at once.
 
 use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
 
 use instantchat_testsupport::SioClient;
 use serde_json::{Value, json};
 use socketioxide::{SocketIo, extract::SocketRef};
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -115,5 +121,66 @@ async fn polling_gets_the_latest_volatile_message() {
     }
     packets.sort();
     assert_eq!(packets, vec![r#"42["done",null]"#, r#"42["v",2]"#]);
+    server.abort();
+}
+
+#[tokio::test]
+async fn an_upgraded_socket_ends_its_polling_heartbeat_task_at_once() {
+    let (url, _handled, server) = server().await;
+    let http = reqwest::Client::builder().timeout(WAIT).build().unwrap();
+    let endpoint = format!("{url}/socket.io/?EIO=4&transport=polling");
+    let open = http
+        .get(&endpoint)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let open: Value = serde_json::from_str(open.strip_prefix('0').unwrap()).unwrap();
+    let sid = open["sid"].as_str().unwrap().to_owned();
+    let session = format!("{endpoint}&sid={sid}");
+    let res = http.post(&session).body("40").send().await.unwrap();
+    assert_eq!(res.text().await.unwrap(), "ok");
+
+    // The upgrade's probe: the WebSocket is up, the socket still on polling with its
+    // heartbeat task (default ping interval: 25 s).
+    let ws_url = format!(
+        "{}/socket.io/?EIO=4&transport=websocket&sid={sid}",
+        url.replace("http://", "ws://")
+    );
+    let (mut ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(ws_url))
+        .await
+        .unwrap()
+        .unwrap();
+    ws.send(Message::text("2probe")).await.unwrap();
+    let probe = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(probe.to_text().unwrap(), "3probe");
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let before = metrics.num_alive_tasks();
+
+    // The upgrade: the WebSocket loop takes the pings over, and the task must end now, not at
+    // its next tick 25 s away.
+    ws.send(Message::text("5")).await.unwrap();
+    instantchat_testsupport::wait_for("the heartbeat task to end", WAIT, || {
+        metrics.num_alive_tasks() == before - 1
+    })
+    .await;
+
+    // The socket still works over the WebSocket.
+    ws.send(Message::text(r#"42["go"]"#)).await.unwrap();
+    let mut got = Vec::new();
+    while !got.iter().any(|t: &String| t.starts_with(r#"42["done""#)) {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        got.push(msg.to_text().unwrap().to_owned());
+    }
     server.abort();
 }
