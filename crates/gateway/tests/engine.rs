@@ -69,55 +69,57 @@ async fn websocket_gets_the_latest_volatile_message() {
     server.abort();
 }
 
+/// A polling session with namespace `/` connected: the session's URL and id.
+async fn polling_session(http: &reqwest::Client, url: &str) -> (String, String) {
+    let endpoint = format!("{url}/socket.io/?EIO=4&transport=polling");
+    let open = poll(http, &endpoint).await;
+    let open: Value = serde_json::from_str(open[0].strip_prefix('0').unwrap()).unwrap();
+    let sid = open["sid"].as_str().unwrap().to_owned();
+    let session = format!("{endpoint}&sid={sid}");
+    post(http, &session, "40").await;
+    (session, sid)
+}
+
+/// The packets of the next polling response that has any besides the engine's heartbeat pings,
+/// which polling sends from the start.
+async fn poll(http: &reqwest::Client, session: &str) -> Vec<String> {
+    loop {
+        let res = http.get(session).send().await.unwrap();
+        assert!(res.status().is_success(), "{}", res.status());
+        let body = res.text().await.unwrap();
+        let packets: Vec<String> = body
+            .split('\x1e')
+            .filter(|p| *p != "2")
+            .map(str::to_owned)
+            .collect();
+        if !packets.is_empty() {
+            return packets;
+        }
+    }
+}
+
+async fn post(http: &reqwest::Client, session: &str, body: &'static str) {
+    let res = http.post(session).body(body).send().await.unwrap();
+    assert_eq!(res.text().await.unwrap(), "ok");
+}
+
 #[tokio::test]
 async fn polling_gets_the_latest_volatile_message() {
     let (url, mut handled, server) = server().await;
     let http = reqwest::Client::builder().timeout(WAIT).build().unwrap();
-    let endpoint = format!("{url}/socket.io/?EIO=4&transport=polling");
-    // The packets of the next response that has any besides the engine's heartbeat pings,
-    // which polling sends from the start.
-    let get = |query: String| {
-        let http = http.clone();
-        async move {
-            loop {
-                let res = http.get(&query).send().await.unwrap();
-                assert!(res.status().is_success(), "{}", res.status());
-                let body = res.text().await.unwrap();
-                let packets: Vec<String> = body
-                    .split('\x1e')
-                    .filter(|p| *p != "2")
-                    .map(str::to_owned)
-                    .collect();
-                if !packets.is_empty() {
-                    return packets;
-                }
-            }
-        }
-    };
-    let post = |query: String, body: &'static str| {
-        let http = http.clone();
-        async move {
-            let res = http.post(query).body(body).send().await.unwrap();
-            assert_eq!(res.text().await.unwrap(), "ok");
-        }
-    };
-
-    let open = get(endpoint.clone()).await;
-    let open: Value = serde_json::from_str(open[0].strip_prefix('0').unwrap()).unwrap();
-    let session = format!("{endpoint}&sid={}", open["sid"].as_str().unwrap());
-    post(session.clone(), "40").await;
-    assert!(get(session.clone()).await[0].starts_with("40"));
+    let (session, _) = polling_session(&http, &url).await;
+    assert!(poll(&http, &session).await[0].starts_with("40"));
 
     // No request waits while `go` is handled, so both volatile emits are made before anything
     // is written: the next responses carry the latest only, and `done`.
-    post(session.clone(), r#"42["go"]"#).await;
+    post(&http, &session, r#"42["go"]"#).await;
     tokio::time::timeout(WAIT, handled.recv())
         .await
         .expect("the handler ran")
         .unwrap();
     let mut packets: Vec<String> = Vec::new();
     while packets.len() < 2 {
-        packets.extend(get(session.clone()).await);
+        packets.extend(poll(&http, &session).await);
     }
     packets.sort();
     assert_eq!(packets, vec![r#"42["done",null]"#, r#"42["v",2]"#]);
@@ -128,20 +130,7 @@ async fn polling_gets_the_latest_volatile_message() {
 async fn an_upgraded_socket_ends_its_polling_heartbeat_task_at_once() {
     let (url, _handled, server) = server().await;
     let http = reqwest::Client::builder().timeout(WAIT).build().unwrap();
-    let endpoint = format!("{url}/socket.io/?EIO=4&transport=polling");
-    let open = http
-        .get(&endpoint)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let open: Value = serde_json::from_str(open.strip_prefix('0').unwrap()).unwrap();
-    let sid = open["sid"].as_str().unwrap().to_owned();
-    let session = format!("{endpoint}&sid={sid}");
-    let res = http.post(&session).body("40").send().await.unwrap();
-    assert_eq!(res.text().await.unwrap(), "ok");
+    let (_, sid) = polling_session(&http, &url).await;
 
     // The upgrade's probe: the WebSocket is up, the socket still on polling with its
     // heartbeat task (default ping interval: 25 s).
