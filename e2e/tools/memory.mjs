@@ -5,15 +5,16 @@
 //   INSTANTCHAT_BIN_DIR=target/release node e2e/tools/memory.mjs [clients] [upgrade|websocket]
 //
 // Starts nats-server, ingest and one gateway (the e2e harness), connects and subscribes the
-// clients 100 at a time, waits 5 s, and prints the gateway's RSS growth per socket. One process
+// clients 100 at a time (so a multiple of 100), waits 5 s, and prints the gateway's RSS growth per socket. One process
 // holds one file per client: stay under the 20,000-file cap.
 import { readFileSync } from 'node:fs';
 import { startSystem, connect, next, request, token, sleep } from '../lib/harness.mjs';
 
 const clients = Number(process.argv[2] ?? 10000);
 const mode = process.argv[3] ?? 'upgrade';
-if (!Number.isInteger(clients) || clients < 100 || clients > 15000 || !['upgrade', 'websocket'].includes(mode)) {
-  console.error('usage: memory.mjs [clients: 100 to 15000] [upgrade|websocket]');
+if (!Number.isInteger(clients) || clients % 100 !== 0 || clients < 100 || clients > 15000
+  || !['upgrade', 'websocket'].includes(mode)) {
+  console.error('usage: memory.mjs [clients: a multiple of 100, up to 15000] [upgrade|websocket]');
   process.exit(2);
 }
 const rss = (pid) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))[1]) * 1024;

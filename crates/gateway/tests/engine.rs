@@ -128,9 +128,28 @@ async fn polling_gets_the_latest_volatile_message() {
 
 #[tokio::test]
 async fn an_upgraded_socket_ends_its_polling_heartbeat_task_at_once() {
+    // The task pinged at the start of the session and waits for the pong.
+    upgrade_ends_the_polling_heartbeat_task(false).await;
+}
+
+#[tokio::test]
+async fn an_upgraded_socket_ends_its_polling_heartbeat_task_between_pings() {
+    // The ping answered, the task waits for its next tick.
+    upgrade_ends_the_polling_heartbeat_task(true).await;
+}
+
+async fn upgrade_ends_the_polling_heartbeat_task(answer_ping: bool) {
     let (url, _handled, server) = server().await;
     let http = reqwest::Client::builder().timeout(WAIT).build().unwrap();
-    let (_, sid) = polling_session(&http, &url).await;
+    let (session, sid) = polling_session(&http, &url).await;
+    if answer_ping {
+        let mut got: Vec<String> = Vec::new();
+        while !got.iter().any(|p| p == "2") {
+            let body = http.get(&session).send().await.unwrap().text().await;
+            got.extend(body.unwrap().split('\x1e').map(str::to_owned));
+        }
+        post(&http, &session, "3").await;
+    }
 
     // The upgrade's probe: the WebSocket is up, the socket still on polling with its
     // heartbeat task (default ping interval: 25 s).
@@ -149,8 +168,17 @@ async fn an_upgraded_socket_ends_its_polling_heartbeat_task_at_once() {
         .unwrap()
         .unwrap();
     assert_eq!(probe.to_text().unwrap(), "3probe");
+    // Counted once no task starts or ends any more (a session's first tasks end on their own).
     let metrics = tokio::runtime::Handle::current().metrics();
-    let before = metrics.num_alive_tasks();
+    let mut before = metrics.num_alive_tasks();
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = metrics.num_alive_tasks();
+        if now == before {
+            break;
+        }
+        before = now;
+    }
 
     // The upgrade: the WebSocket loop takes the pings over, and the task must end now, not at
     // its next tick 25 s away.

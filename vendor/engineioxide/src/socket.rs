@@ -202,7 +202,8 @@ impl Volatile {
     }
 
     /// Completes once a send came since the last time it completed (a send made while nobody
-    /// waits is kept for the next wait).
+    /// waits is kept for the next wait). It may complete with nothing left to take: when two
+    /// sends came before one take, the second send's wake-up finds the slot empty.
     pub(crate) fn ready(&self) -> Notified<'_> {
         self.ready.notified()
     }
@@ -255,9 +256,11 @@ where
     pub(crate) volatile: Volatile,
 
     /// Signals a Pong (v4 protocol) or Ping (v3 protocol) from the connection to the heartbeat
-    /// job, which runs in a separate task. Like a channel of capacity one: a signal sent while
-    /// nobody waits is kept for the next wait; a second one is dropped, since the client is
-    /// already known to be alive. Unlike a channel, it allocates nothing.
+    /// job, which runs in a separate task, and the hand-over of a v4 heartbeat to the WebSocket
+    /// loop. Like a channel of capacity one: a signal sent while nobody waits is kept for the
+    /// next wait; a second one is dropped, since the client is already known to be alive. The
+    /// v4 job drops a pong that comes between its pings (it answers no ping). Unlike a channel,
+    /// it allocates nothing.
     heartbeat: Notify,
     /// Set when a socket that started on polling moves to WebSocket: the WebSocket connection's
     /// loop sends the pings from then on, and the heartbeat task ends at once.
@@ -336,7 +339,7 @@ where
     /// Moves the heartbeat from its task to the WebSocket connection's loop (v4 only), and
     /// wakes the task so that it ends now rather than at its next tick.
     pub(crate) fn hand_over_heartbeat(&self) {
-        self.heartbeat_handed_over.store(true, Ordering::Relaxed);
+        self.heartbeat_handed_over.store(true, Ordering::Release);
         self.heartbeat.notify_one();
     }
     pub(crate) fn is_upgrading(&self) -> bool {
@@ -408,7 +411,7 @@ where
                 continue;
             }
             // Upgraded to WebSocket: the connection's loop sends the pings now.
-            if self.heartbeat_handed_over.load(Ordering::Relaxed) {
+            if self.heartbeat_handed_over.load(Ordering::Acquire) {
                 return Ok(());
             }
 
@@ -440,7 +443,7 @@ where
     /// holds, would stay up to `ping_interval` after every upgrade, ~1.5 KB per socket.
     async fn heartbeat_tick(&self, tick: &mut tokio::time::Interval) -> bool {
         loop {
-            if self.heartbeat_handed_over.load(Ordering::Relaxed) {
+            if self.heartbeat_handed_over.load(Ordering::Acquire) {
                 return false;
             }
             tokio::select! {

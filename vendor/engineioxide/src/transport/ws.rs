@@ -291,8 +291,8 @@ async fn run<H: EngineIoHandler, S>(
                                 heartbeat_at.as_mut().reset(on_ping_grid(at + interval));
                             }
                         }
-                        // The heartbeat task too, if there is one: after an upgrade it may
-                        // still wait for the answer to a ping it sent over polling.
+                        // The heartbeat task too, if there is one: a v3 socket keeps it
+                        // (there the client pings); a v4 socket's ended at the upgrade.
                         socket.heartbeat_received();
                     }
                     Incoming::Close => break End::ClientClosed,
