@@ -5,8 +5,8 @@
 //   INSTANTCHAT_BIN_DIR=target/release node e2e/tools/memory.mjs [clients] [upgrade|websocket]
 //
 // Starts nats-server, ingest and one gateway (the e2e harness), connects and subscribes the
-// clients 100 at a time (so a multiple of 100), waits 5 s, and prints the gateway's RSS growth per socket. One process
-// holds one file per client: stay under the 20,000-file cap.
+// clients 100 at a time (so a multiple of 100), waits 5 s, and prints the gateway's RSS growth
+// per socket. One process holds one file per client: stay under the 20,000-file cap.
 import { readFileSync } from 'node:fs';
 import { startSystem, connect, next, request, token, sleep } from '../lib/harness.mjs';
 
