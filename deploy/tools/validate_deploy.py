@@ -187,15 +187,11 @@ class Checker:
     def cargo_path_dirs(self) -> set[str]:
         """Top-level directories of the path dependencies and patches in Cargo.toml."""
         manifest = tomllib.loads((self.root / "Cargo.toml").read_text())
-        found: list[str] = []
-        for dep in manifest.get("workspace", {}).get("dependencies", {}).values():
-            if isinstance(dep, dict) and "path" in dep:
-                found.append(dep["path"])
-        for registry in manifest.get("patch", {}).values():
-            for dep in registry.values():
-                if isinstance(dep, dict) and "path" in dep:
-                    found.append(dep["path"])
-        return {path.strip("./").split("/")[0] for path in found}
+        tables = [manifest.get("workspace", {}).get("dependencies", {}),
+                  *manifest.get("patch", {}).values()]
+        return {dep["path"].strip("./").split("/")[0]
+                for table in tables for dep in table.values()
+                if isinstance(dep, dict) and "path" in dep}
 
     # ---------------------------------------------------------------- docker-compose.yml
 

@@ -234,7 +234,7 @@ async fn refuse_foreign_origin(
 
 /// The request headers read after this point: engine.io's WebSocket handshake and polling
 /// POSTs, and the handshake's per-IP limit. The origin check and CORS run before.
-const KEPT_HEADERS: [header::HeaderName; 3] = [
+static KEPT_HEADERS: [header::HeaderName; 3] = [
     header::SEC_WEBSOCKET_KEY,
     header::CONTENT_TYPE,
     header::HeaderName::from_static("x-forwarded-for"),
@@ -250,16 +250,14 @@ async fn detach_request_head(mut request: Request) -> Request {
         return request;
     }
     let shared = std::mem::take(request.headers_mut());
-    let kept = shared
-        .iter()
-        .filter(|(name, _)| KEPT_HEADERS.contains(name))
-        .count();
+    let kept = || {
+        KEPT_HEADERS
+            .iter()
+            .flat_map(|name| shared.get_all(name).iter().map(move |value| (name, value)))
+    };
     // Sized to fit: a map grown one header at a time reserves room for several.
-    let mut owned = HeaderMap::with_capacity(kept);
-    for (name, value) in &shared {
-        if !KEPT_HEADERS.contains(name) {
-            continue;
-        }
+    let mut owned = HeaderMap::with_capacity(kept().count());
+    for (name, value) in kept() {
         if let Ok(mut copy) = HeaderValue::from_bytes(value.as_bytes()) {
             copy.set_sensitive(value.is_sensitive());
             owned.append(name.clone(), copy);

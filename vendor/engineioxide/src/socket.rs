@@ -262,9 +262,6 @@ where
     /// v4 job drops a pong that comes between its pings (it answers no ping). Unlike a channel,
     /// it allocates nothing.
     heartbeat: Notify,
-    /// Set when a socket that started on polling moves to WebSocket: the WebSocket connection's
-    /// loop sends the pings from then on, and the heartbeat task ends at once.
-    heartbeat_handed_over: AtomicBool,
 
     /// A cancellation token that will be triggered when the socket is being closed.
     pub(crate) cancellation_token: CancellationToken,
@@ -307,7 +304,6 @@ where
             volatile: Volatile::default(),
 
             heartbeat: Notify::new(),
-            heartbeat_handed_over: AtomicBool::new(false),
             cancellation_token: CancellationToken::new(),
 
             close_fn,
@@ -336,10 +332,10 @@ where
     pub(crate) fn heartbeat_received(&self) {
         self.heartbeat.notify_one();
     }
-    /// Moves the heartbeat from its task to the WebSocket connection's loop (v4 only), and
-    /// wakes the task so that it ends now rather than at its next tick.
+    /// Wakes the heartbeat task of a v4 socket that has just moved to WebSocket, so that it
+    /// ends now rather than at its next tick: the WebSocket connection's loop sends the pings
+    /// of a v4 socket on WebSocket.
     pub(crate) fn hand_over_heartbeat(&self) {
-        self.heartbeat_handed_over.store(true, Ordering::Release);
         self.heartbeat.notify_one();
     }
     pub(crate) fn is_upgrading(&self) -> bool {
@@ -411,7 +407,7 @@ where
                 continue;
             }
             // Upgraded to WebSocket: the connection's loop sends the pings now.
-            if self.heartbeat_handed_over.load(Ordering::Acquire) {
+            if self.is_ws() {
                 return Ok(());
             }
 
@@ -443,7 +439,7 @@ where
     /// holds, would stay up to `ping_interval` after every upgrade, ~1.5 KB per socket.
     async fn heartbeat_tick(&self, tick: &mut tokio::time::Interval) -> bool {
         loop {
-            if self.heartbeat_handed_over.load(Ordering::Acquire) {
+            if self.is_ws() {
                 return false;
             }
             tokio::select! {
@@ -683,7 +679,6 @@ where
             volatile: Volatile::default(),
 
             heartbeat: Notify::new(),
-            heartbeat_handed_over: AtomicBool::new(false),
             cancellation_token: CancellationToken::new(),
             close_fn,
 
