@@ -269,6 +269,27 @@ test('resume: a client offline for a while gets the gap with since, then replay_
   closeAll(again);
 });
 
+test("one socket's requests are handled in the order it sent them", async () => {
+  const replies = ['auth_success', 'subscription_confirmed', 'connection_info', 'error'];
+  for (let round = 0; round < 10; round++) {
+    const user = `ordered_${round}`;
+    const socket = connect(gw);
+    await next(socket, 'connect');
+    // Sent back to back, without waiting for replies: each must see what the one before left.
+    const auth = request(socket, 'authenticate', { token: token({ userId: user }), userId: user, timestamp: 1 });
+    const sub = request(socket, 'subscribe', { eventTypes: ['comments', 'messages'], userId: user, timestamp: 2 });
+    const unsub = request(socket, 'unsubscribe', { eventTypes: ['comments'], userId: user, timestamp: 3 });
+    const info = request(socket, 'get_subscriptions', { userId: user, timestamp: 4 });
+    assert.equal((await auth).message, 'Authentication successful', `round ${round}`);
+    assert.deepEqual([...(await sub).eventTypes].sort(), ['comments', 'messages'], `round ${round}`);
+    assert.deepEqual((await unsub).eventTypes, ['messages'], `round ${round}`);
+    assert.deepEqual((await info).subscriptions, ['messages'], `round ${round}`);
+    assert.deepEqual(socket.events.map((e) => e.event).filter((e) => replies.includes(e)),
+      ['auth_success', 'subscription_confirmed', 'subscription_confirmed', 'connection_info'], `round ${round}`);
+    closeAll(socket);
+  }
+});
+
 describe('engine.io heartbeat', () => {
   // The gateway pings every PING_INTERVAL_SECS; the client must answer within PING_TIMEOUT_SECS.
   let beat;

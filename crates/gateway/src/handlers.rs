@@ -11,13 +11,13 @@ use instantchat_event::{WebhookEvent, is_valid_account_id, is_valid_event_type};
 use ipnet::IpNet;
 use serde_json::{Value, json};
 use socketioxide::SocketIo;
-use socketioxide::extract::{AckSender, Extension, SocketRef, State, TryData};
+use socketioxide::extract::{AckSender, SocketRef, State, TryData};
 use socketioxide::handler::ConnectHandler;
 
 use crate::auth::{self, AccountScope, AuthError, Identity};
 use crate::hub::{EmitError, Hub, emit_event};
 use crate::metrics::Metrics;
-use crate::session::SessionRef;
+use crate::session::{SessionRef, Turn};
 
 /// Most event types one `subscribe` may name.
 const MAX_EVENT_TYPES: usize = 32;
@@ -236,8 +236,9 @@ async fn on_authenticate(
     TryData(data): TryData<Value>,
     ack: AckSender,
     State(hub): State<Arc<Hub>>,
-    Extension(session): Extension<SessionRef>,
+    turn: Turn,
 ) {
+    let session = turn.wait().await;
     let Some(ack) = admit(&hub, &s, &session, ack) else {
         return;
     };
@@ -399,8 +400,9 @@ async fn on_subscribe(
     TryData(data): TryData<Value>,
     ack: AckSender,
     State(hub): State<Arc<Hub>>,
-    Extension(session): Extension<SessionRef>,
+    turn: Turn,
 ) {
+    let session = turn.wait().await;
     let Some(ack) = admit(&hub, &s, &session, ack) else {
         return;
     };
@@ -457,7 +459,7 @@ async fn on_subscribe(
         json!({ "eventTypes": types, "timestamp": now_ms() }),
     );
     if let Some(since) = since {
-        tokio::spawn(resume(hub, s, session, since));
+        tokio::spawn(resume(hub, s, session.clone(), since));
     }
 }
 
@@ -621,8 +623,9 @@ async fn on_unsubscribe(
     TryData(data): TryData<Value>,
     ack: AckSender,
     State(hub): State<Arc<Hub>>,
-    Extension(session): Extension<SessionRef>,
+    turn: Turn,
 ) {
+    let session = turn.wait().await;
     let Some(ack) = admit(&hub, &s, &session, ack) else {
         return;
     };
@@ -651,12 +654,8 @@ async fn on_unsubscribe(
     );
 }
 
-async fn on_connection_info(
-    s: SocketRef,
-    ack: AckSender,
-    State(hub): State<Arc<Hub>>,
-    Extension(session): Extension<SessionRef>,
-) {
+async fn on_connection_info(s: SocketRef, ack: AckSender, State(hub): State<Arc<Hub>>, turn: Turn) {
+    let session = turn.wait().await;
     let Some(ack) = admit(&hub, &s, &session, ack) else {
         return;
     };
@@ -669,12 +668,8 @@ async fn on_connection_info(
     );
 }
 
-async fn on_heartbeat(
-    s: SocketRef,
-    ack: AckSender,
-    State(hub): State<Arc<Hub>>,
-    Extension(session): Extension<SessionRef>,
-) {
+async fn on_heartbeat(s: SocketRef, ack: AckSender, State(hub): State<Arc<Hub>>, turn: Turn) {
+    let session = turn.wait().await;
     let Some(ack) = admit(&hub, &s, &session, ack) else {
         return;
     };

@@ -1,4 +1,5 @@
-//! Per-socket state: who it is, what it subscribed to, its rate budget.
+//! Per-socket state: who it is, what it subscribed to, its rate budget, and the turns that
+//! keep its requests in order.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -6,6 +7,10 @@ use std::time::Instant;
 
 use instantchat_broker::Interest;
 use serde_json::value::RawValue;
+use socketioxide::adapter::Adapter;
+use socketioxide::handler::{FromMessageParts, Value};
+use socketioxide::socket::Socket;
+use tokio::sync::Notify;
 
 use crate::auth::{AccountScope, Identity};
 
@@ -75,15 +80,26 @@ pub struct Session {
     pub slow: bool,
     /// Disconnected: joins no room any more.
     pub gone: bool,
+    /// The next request's turn, given out in arrival order.
+    next_turn: u64,
+    /// The turn being served: requests before it are done.
+    serving: u64,
 }
 
 /// Shared handle to a [`Session`], kept in the socket's extensions.
 #[derive(Debug, Clone)]
-pub struct SessionRef(Arc<Mutex<Session>>);
+pub struct SessionRef(Arc<Shared>);
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<Session>,
+    /// Wakes the requests waiting for their [`Turn`].
+    turns: Notify,
+}
 
 impl SessionRef {
     pub fn new(rate: (f64, f64)) -> Self {
-        SessionRef(Arc::new(Mutex::new(Session {
+        let state = Mutex::new(Session {
             identity: None,
             auth_generation: 0,
             event_types: BTreeSet::new(),
@@ -100,11 +116,87 @@ impl SessionRef {
             pending_since: None,
             slow: false,
             gone: false,
-        })))
+            next_turn: 0,
+            serving: 0,
+        });
+        SessionRef(Arc::new(Shared {
+            state,
+            turns: Notify::new(),
+        }))
     }
 
     pub fn lock(&self) -> MutexGuard<'_, Session> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.0.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A request's place in its socket's queue. socketioxide runs every handler in a task of its
+/// own, so two requests sent back to back could run in either order (a `subscribe` before the
+/// `authenticate` sent ahead of it, an `unsubscribe` before its `subscribe`). The turn is taken
+/// as the request is read, before its task starts; the handler waits for it, and the socket's
+/// next request waits until the [`TurnGuard`] is dropped, as the seed's handlers run one by one.
+/// It must be a handler's last extractor: one after it could fail, and the handler with its
+/// turn would then never run.
+#[derive(Debug)]
+pub struct Turn {
+    session: SessionRef,
+    ticket: u64,
+}
+
+impl Turn {
+    /// Waits until every request that arrived before this one is done.
+    pub async fn wait(self) -> TurnGuard {
+        let shared = &self.session.0;
+        loop {
+            let notified = shared.turns.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.session.lock().serving == self.ticket {
+                break;
+            }
+            notified.await;
+        }
+        TurnGuard(self.session)
+    }
+}
+
+/// Holds the socket's turn; the next request goes when it is dropped.
+#[derive(Debug)]
+pub struct TurnGuard(SessionRef);
+
+impl std::ops::Deref for TurnGuard {
+    type Target = SessionRef;
+    fn deref(&self) -> &SessionRef {
+        &self.0
+    }
+}
+
+impl Drop for TurnGuard {
+    fn drop(&mut self) {
+        self.0.lock().serving += 1;
+        self.0.0.turns.notify_waiters();
+    }
+}
+
+/// The socket has no session: its connection was never set up by the handshake.
+#[derive(Debug, thiserror::Error)]
+#[error("socket has no session")]
+pub struct NoSession;
+
+impl<A: Adapter> FromMessageParts<A> for Turn {
+    type Error = NoSession;
+    fn from_message_parts(
+        s: &Arc<Socket<A>>,
+        _: &mut Value,
+        _: &Option<i64>,
+    ) -> Result<Self, NoSession> {
+        let session = s.extensions.get::<SessionRef>().ok_or(NoSession)?;
+        let ticket = {
+            let mut state = session.lock();
+            state.next_turn += 1;
+            state.next_turn - 1
+        };
+        Ok(Turn { session, ticket })
     }
 }
 
