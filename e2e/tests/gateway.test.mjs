@@ -290,6 +290,32 @@ test("one socket's requests are handled in the order it sent them", async () => 
   }
 });
 
+test('resume with auth.since: the subscribes after the first do not cut the replay short', async () => {
+  const user = 'resumer_twice';
+  const first = await authed(gw, { userId: user, accounts: ['acct_rt'] });
+  await request(first, 'subscribe', { eventTypes: ['comments'], userId: user, timestamp: 1 });
+  await postWebhook(sys, seedBody({ id: 't0', accountId: 'acct_rt' }));
+  const seen = await next(first, 'webhook_event');
+  first.close();
+  const missed = Array.from({ length: 100 }, (_, i) => `comments:t${i + 1}`);
+  for (const id of missed) await postWebhook(sys, seedBody({ id: id.slice(9), accountId: 'acct_rt' }));
+  const again = connect(gw, { auth: { token: token({ userId: user, accounts: ['acct_rt'] }), since: seen.seq } });
+  await next(again, 'connect');
+  const done = next(again, 'replay_complete');
+  // The first subscribe starts the replay after auth.since; the next ones, as an app subscribing
+  // type by type sends them, arrive while it runs and must not move the socket past it.
+  await request(again, 'subscribe', { eventTypes: ['comments'], userId: user, timestamp: 2 });
+  await request(again, 'subscribe', { eventTypes: ['messages'], userId: user, timestamp: 3 });
+  await request(again, 'subscribe', { eventTypes: ['comments', 'messages'], userId: user, timestamp: 4 });
+  const complete = await done;
+  assert.deepEqual({ count: complete.count, complete: complete.complete }, { count: missed.length, complete: true });
+  await postWebhook(sys, seedBody({ id: 'live', accountId: 'acct_rt' }));
+  await next(again, 'webhook_event', (e) => e.id === 'comments:live');
+  const ids = again.events.filter((e) => e.event === 'webhook_event').map((e) => e.data.id);
+  assert.deepEqual(ids, [...missed, 'comments:live']);
+  closeAll(again);
+});
+
 describe('engine.io heartbeat', () => {
   // The gateway pings every PING_INTERVAL_SECS; the client must answer within PING_TIMEOUT_SECS.
   let beat;

@@ -438,6 +438,9 @@ async fn on_subscribe(
     };
     let types = {
         let mut state = session.lock();
+        // A socket already subscribed (or replaying) keeps its place in the stream: moved to
+        // the end now, it would skip what is still in flight or still to be replayed.
+        let placed = !state.event_types.is_empty() || state.replaying;
         state.event_types.extend(request.event_types);
         if request.account_ids.is_some() {
             state.narrowed = request.account_ids;
@@ -448,7 +451,9 @@ async fn on_subscribe(
             // the events that do need holding.
             state.replay_floor = floor;
         }
-        state.last_seq = state.last_seq.max(if since.is_some() { 0 } else { floor });
+        if since.is_none() && !placed {
+            state.last_seq = state.last_seq.max(floor);
+        }
         state.event_types.iter().cloned().collect::<Vec<_>>()
     };
     refresh_targets(&hub, &s, &session, Some(floor));
