@@ -316,6 +316,22 @@ test('resume with auth.since: the subscribes after the first do not cut the repl
   closeAll(again);
 });
 
+test('a socket that closes while it authenticates gives its connection slot back', async () => {
+  // MAX_CONNECTIONS_PER_USER is 3 here: a slot kept by any of these would lock the user out.
+  // The heartbeats ahead of the authenticate give the close time to overtake it.
+  for (let i = 0; i < 30; i++) {
+    const socket = connect(gw);
+    await next(socket, 'connect');
+    for (let b = 0; b < 10; b++) socket.emit('heartbeat', { timestamp: b, clientId: 'hasty' });
+    socket.emit('authenticate', { token: token({ userId: 'hasty' }), userId: 'hasty', timestamp: i });
+    socket.close();
+  }
+  await sleep(300);
+  const held = [];
+  for (let i = 0; i < 3; i++) held.push(await authed(gw, { userId: 'hasty' }));
+  closeAll(...held);
+});
+
 describe('engine.io heartbeat', () => {
   // The gateway pings every PING_INTERVAL_SECS; the client must answer within PING_TIMEOUT_SECS.
   let beat;

@@ -144,10 +144,9 @@ async fn handshake(
     s.on("heartbeat", on_heartbeat);
     s.on_disconnect(on_disconnect);
     match identity {
+        // Counted above.
         Some(identity) => {
-            // Counted above; recorded here so the disconnect handler releases it.
-            session.lock().counted_user = Some(identity.user_id.clone());
-            accept_identity(&hub, &s, &session, identity);
+            accept_identity(&hub, &s, &session, identity, true);
         }
         None => {
             // Disconnect sockets that never authenticate.
@@ -166,15 +165,32 @@ async fn handshake(
 /// Everything happens in [`handshake`]; see there why.
 async fn on_connect() {}
 
-/// Records a verified identity on the socket (first or renewed authentication).
-fn accept_identity(hub: &Arc<Hub>, s: &SocketRef, session: &SessionRef, identity: Identity) {
+/// Records a verified identity on the socket (first or renewed authentication). `counted`: the
+/// caller took one of the user's connection slots for it, which the disconnect handler gives
+/// back, or this function when the socket is already gone. False when it was.
+fn accept_identity(
+    hub: &Arc<Hub>,
+    s: &SocketRef,
+    session: &SessionRef,
+    identity: Identity,
+    counted: bool,
+) -> bool {
     let expires_at = identity.expires_at;
     let generation = {
         let mut state = session.lock();
+        if state.gone {
+            drop(state);
+            if counted {
+                hub.release_user(&identity.user_id);
+            }
+            return false;
+        }
         if state.identity.is_none() {
             hub.metrics.authenticated.inc();
         }
-        state.counted_user = Some(identity.user_id.clone());
+        if counted {
+            state.counted_user = Some(identity.user_id.clone());
+        }
         state.identity = Some(identity);
         state.auth_generation += 1;
         state.last_activity = Instant::now();
@@ -183,6 +199,7 @@ fn accept_identity(hub: &Arc<Hub>, s: &SocketRef, session: &SessionRef, identity
     refresh_targets(hub, s, session, None);
     // `auth_expired` at `exp`, then a grace period for a fresh `authenticate`.
     hub.expiries.arm(s.id, generation, expires_at);
+    true
 }
 
 /// `auth_failed` (to the ack too, if any), then disconnect.
@@ -254,19 +271,22 @@ async fn on_authenticate(
         Err(e) => return refuse(&hub, &s, ack, e),
     };
     let previous = session.lock().identity.as_ref().map(|i| i.user_id.clone());
-    match previous {
+    let counted = match previous {
         Some(user) if user != identity.user_id => {
             return refuse(&hub, &s, ack, AuthError::UserMismatch);
         }
-        Some(_) => {}
+        Some(_) => false,
         None => {
             if !hub.acquire_user(&identity.user_id) {
                 return refuse(&hub, &s, ack, AuthError::TooManyConnections);
             }
+            true
         }
-    }
+    };
     let user_id = identity.user_id.clone();
-    accept_identity(&hub, &s, &session, identity);
+    if !accept_identity(&hub, &s, &session, identity, counted) {
+        return;
+    }
     if let Some(ack) = ack {
         reply(
             &s,
