@@ -36,6 +36,10 @@ use crate::{
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Buffered events per subscription before the pump waits for its reader.
 const SUBSCRIPTION_BUFFER: usize = 1024;
+/// Publishes awaiting their PubAck, across all batches: the JetStream context's ack permits.
+const MAX_ACKS_IN_FLIGHT: usize = 5_000;
+/// Publishes a batch sends before it awaits their PubAcks.
+const PUBLISH_CHUNK: usize = 500;
 
 /// NATS JetStream [`EventBus`]. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -50,6 +54,10 @@ pub struct NatsBus {
     /// Counts (re)connections. Subscriptions recreate their consumers when it moves instead of
     /// waiting for missed heartbeats: ephemeral consumers do not outlive a server restart.
     connections: watch::Receiver<u64>,
+    /// The context's ack permits, taken a whole chunk at a time: a publish holds an ack
+    /// permit until its PubAck is awaited, so batches that each took part of what they need
+    /// (or one batch of more than there are) would otherwise wait on each other for ever.
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl NatsBus {
@@ -98,6 +106,7 @@ impl NatsBus {
             })?;
         let js = jetstream::ContextBuilder::new()
             .timeout(ACK_TIMEOUT)
+            .max_ack_inflight(MAX_ACKS_IN_FLIGHT)
             .build(client.clone());
         let bus = NatsBus {
             client,
@@ -106,6 +115,7 @@ impl NatsBus {
             manages_streams: manage.is_some(),
             streams_ready: Arc::default(),
             connections,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_ACKS_IN_FLIGHT)),
         };
         if let Err(e) = bus.ensure_streams().await {
             tracing::warn!(error = %e, "streams not set up yet; retrying in the background");
@@ -291,34 +301,42 @@ impl EventBus for NatsBus {
         if !self.connected() {
             return Err(BusError::Unavailable);
         }
-        let mut futures = Vec::with_capacity(batch.len());
-        for out in &batch {
-            let message = PublishMessage::build()
-                .payload(out.payload.clone())
-                .headers(headers(out));
-            let future = self
-                .js
-                .send_publish(out.subject.clone(), message)
+        let mut acks = Vec::with_capacity(batch.len());
+        for chunk in batch.chunks(PUBLISH_CHUNK) {
+            let _permits = self
+                .in_flight
+                .acquire_many(chunk.len() as u32)
                 .await
                 .map_err(|e| BusError::Publish(e.to_string()))?;
-            futures.push(future);
-        }
-        let mut acks = Vec::with_capacity(futures.len());
-        for result in futures::future::join_all(futures.into_iter().map(|f| f.into_future())).await
-        {
-            match result {
-                Ok(ack) => acks.push(PublishAck {
-                    seq: ack.sequence,
-                    duplicate: ack.duplicate,
-                }),
-                Err(e) => {
-                    if e.kind() == PublishErrorKind::StreamNotFound {
-                        // The server lost its streams (a fresh store): set them up again so
-                        // Meta's retry succeeds.
-                        self.streams_ready.store(false, Ordering::Release);
-                        let _ = self.ensure_streams().await;
+            let mut futures = Vec::with_capacity(chunk.len());
+            for out in chunk {
+                let message = PublishMessage::build()
+                    .payload(out.payload.clone())
+                    .headers(headers(out));
+                let future = self
+                    .js
+                    .send_publish(out.subject.clone(), message)
+                    .await
+                    .map_err(|e| BusError::Publish(e.to_string()))?;
+                futures.push(future);
+            }
+            for result in
+                futures::future::join_all(futures.into_iter().map(|f| f.into_future())).await
+            {
+                match result {
+                    Ok(ack) => acks.push(PublishAck {
+                        seq: ack.sequence,
+                        duplicate: ack.duplicate,
+                    }),
+                    Err(e) => {
+                        if e.kind() == PublishErrorKind::StreamNotFound {
+                            // The server lost its streams (a fresh store): set them up again
+                            // so Meta's retry succeeds.
+                            self.streams_ready.store(false, Ordering::Release);
+                            let _ = self.ensure_streams().await;
+                        }
+                        return Err(BusError::Publish(e.to_string()));
                     }
-                    return Err(BusError::Publish(e.to_string()));
                 }
             }
         }

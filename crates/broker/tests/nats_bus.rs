@@ -175,3 +175,34 @@ async fn a_subscription_survives_a_broker_restart_and_gets_what_was_published_me
         "nothing twice"
     );
 }
+
+#[tokio::test]
+async fn batches_larger_than_the_acks_in_flight_are_published_whole() {
+    let server = NatsServer::start_new();
+    let bus = bus(&server, Retention::default()).await;
+    // More publishes than the JetStream context lets await their PubAcks at once (5,000), in
+    // one batch and in several at the same time.
+    let big: Vec<Outgoing> = (0..6_000).map(|i| event("1", &format!("big{i}"))).collect();
+    let acks = tokio::time::timeout(Duration::from_secs(60), bus.publish(big))
+        .await
+        .expect("a batch of 6,000 in time")
+        .expect("published");
+    assert_eq!(acks.len(), 6_000);
+    assert!(acks.windows(2).all(|w| w[1].seq == w[0].seq + 1));
+    let batches = (0..4).map(|b| {
+        let bus = bus.clone();
+        let batch: Vec<Outgoing> = (0..2_000)
+            .map(|i| event("2", &format!("b{b}-{i}")))
+            .collect();
+        async move { bus.publish(batch).await }
+    });
+    let results = tokio::time::timeout(Duration::from_secs(60), futures::future::join_all(batches))
+        .await
+        .expect("four batches of 2,000 at once in time");
+    for acks in results {
+        let acks = acks.expect("published");
+        assert_eq!(acks.len(), 2_000);
+        assert!(acks.iter().all(|a| !a.duplicate));
+    }
+    assert_eq!(bus.last_seq().await.unwrap(), 14_000);
+}
