@@ -118,6 +118,10 @@ before(async () => {
   };
   setArg('--store_dir', sys.storeDir);
   setArg('--http_port', String(monitorPort));
+  // The config file, from the repository path compose mounts it from.
+  const mount = compose.services.nats.volumes.find((v) => v.split(':')[1] === natsArgs[natsArgs.indexOf('--config') + 1]);
+  assert.ok(mount, 'compose mounts the nats config file');
+  setArg('--config', join(repoRoot, mount.split(':')[0]));
   natsArgs.push('-a', '127.0.0.1', '-p', String(natsPort));
   sys.nats = startProcess('nats', process.env.NATS_SERVER_BIN ?? 'nats-server', natsArgs, {}, 'ignore');
   // The compose healthcheck's URL, on the moved monitoring port.
@@ -185,6 +189,18 @@ test("Meta's subscription check uses compose's verify token", async () => {
   const res = await fetch(url);
   assert.equal(res.status, 200);
   assert.equal(await res.text(), 'c42');
+});
+
+test("a body as large as compose's WEBHOOK_MAX_BODY_BYTES fits through its NATS", async () => {
+  const limit = Number(sys.ingestEnv.WEBHOOK_MAX_BODY_BYTES);
+  const head = '{"id":"big","eventType":"comments","accountId":"acct_big","comment":{"text":"';
+  const tail = '"}}';
+  const body = Buffer.from(head + 'x'.repeat(limit - head.length - tail.length) + tail);
+  assert.equal(body.length, limit);
+  const res = await fetch(`${sys.ingestUrl}/api/webhooks/instagram`, {
+    method: 'POST', body, headers: { 'content-type': 'application/json', 'x-hub-signature-256': sign(body, NEW_APP_SECRET) },
+  });
+  assert.equal(res.status, 200, await res.text());
 });
 
 test('a webhook reaches clients on all three gateways; a stopped gateway\'s client resumes on another', async () => {

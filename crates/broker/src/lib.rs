@@ -235,4 +235,10 @@ pub trait EventBus: Send + Sync + fmt::Debug + 'static {
 
     /// `nats` or `memory`, for logs and metrics.
     fn kind(&self) -> &'static str;
+
+    /// The largest message the broker takes, headers included; `None` when it sets no limit
+    /// (or has not said yet).
+    fn max_message_bytes(&self) -> Option<usize> {
+        None
+    }
 }

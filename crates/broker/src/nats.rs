@@ -503,6 +503,11 @@ impl EventBus for NatsBus {
     fn kind(&self) -> &'static str {
         "nats"
     }
+
+    /// The server's `max_payload` (1 MiB unless its configuration says otherwise).
+    fn max_message_bytes(&self) -> Option<usize> {
+        Some(self.client.server_info().max_payload).filter(|&n| n > 0)
+    }
 }
 
 fn tokio_stream_from(mut rx: mpsc::Receiver<Result<Delivered, BusError>>) -> EventStream {

@@ -37,6 +37,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(2);
 /// A sender that trickles its body must not hold a connection forever; Meta itself gives up
 /// after about 20 s.
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Room left in the raw body's broker message for its headers (message id, trace context).
+const HEADER_ROOM: usize = 4096;
 
 /// What the handlers share. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -107,6 +109,12 @@ pub enum AppError {
         "the body is larger than the {limit} bytes allowed (WEBHOOK_MAX_BODY_BYTES); nothing was published"
     )]
     TooLarge { limit: usize },
+    #[error(
+        "the body is larger than the {limit} bytes the broker takes in one message (nats-server \
+         max_payload); nothing was published. Raise max_payload in nats-server's configuration \
+         above WEBHOOK_MAX_BODY_BYTES"
+    )]
+    TooLargeForBroker { limit: usize },
     #[error("{0}; nothing was published")]
     Signature(#[from] SignatureError),
     #[error("the request body could not be read: {0}")]
@@ -118,7 +126,7 @@ pub enum AppError {
 impl AppError {
     fn outcome(&self) -> Outcome {
         match self {
-            AppError::TooLarge { .. } => Outcome::TooLarge,
+            AppError::TooLarge { .. } | AppError::TooLargeForBroker { .. } => Outcome::TooLarge,
             AppError::Signature(_) => Outcome::BadSignature,
             AppError::BodyRead(_) => Outcome::BadRequest,
             AppError::Bus(_) => Outcome::BrokerError,
@@ -143,7 +151,9 @@ impl IntoResponse for AppError {
             }
             other => {
                 let status = match other {
-                    AppError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                    AppError::TooLarge { .. } | AppError::TooLargeForBroker { .. } => {
+                        StatusCode::PAYLOAD_TOO_LARGE
+                    }
                     AppError::Signature(_) => StatusCode::UNAUTHORIZED,
                     _ => StatusCode::BAD_REQUEST,
                 };
@@ -267,6 +277,9 @@ async fn receive_webhook(
     }
     match &result {
         Err(e @ AppError::Bus(_)) => tracing::warn!(error = %e, "webhook not acknowledged: 503"),
+        Err(e @ AppError::TooLargeForBroker { .. }) => {
+            tracing::warn!(error = %e, "webhook refused: 413")
+        }
         Err(e) => tracing::info!(error = %e, "webhook refused"),
         Ok(_) => {}
     }
@@ -276,12 +289,24 @@ async fn receive_webhook(
 /// Steps 1 to 4 of PROTOCOL.md section 1, in that order.
 async fn ingest(state: &IngestState, headers: &HeaderMap, body: Body) -> Result<Receipt, AppError> {
     let settings = &state.inner.settings;
-    let body = tokio::time::timeout(
-        BODY_TIMEOUT,
-        read_body(headers, body, settings.max_body_bytes),
-    )
-    .await
-    .map_err(|_| AppError::BodyRead(format!("not received within {BODY_TIMEOUT:?}")))??;
+    // The raw body goes to the broker as one message: a body the broker cannot take is
+    // refused now, with what to change, rather than answered 503 on every retry.
+    let broker_limit = state
+        .inner
+        .bus
+        .max_message_bytes()
+        .map(|n| n.saturating_sub(HEADER_ROOM));
+    let (limit, too_large): (usize, fn(usize) -> AppError) = match broker_limit {
+        Some(limit) if limit < settings.max_body_bytes => {
+            (limit, |limit| AppError::TooLargeForBroker { limit })
+        }
+        _ => (settings.max_body_bytes, |limit| AppError::TooLarge {
+            limit,
+        }),
+    };
+    let body = tokio::time::timeout(BODY_TIMEOUT, read_body(headers, body, limit, too_large))
+        .await
+        .map_err(|_| AppError::BodyRead(format!("not received within {BODY_TIMEOUT:?}")))??;
     let signature = headers
         .get("x-hub-signature-256")
         .map(|v| v.to_str().unwrap_or(""));
@@ -371,13 +396,18 @@ async fn ingest(state: &IngestState, headers: &HeaderMap, body: Body) -> Result<
 
 /// Reads the whole body, refusing it as soon as it is known to exceed `limit`: up front when
 /// `Content-Length` announces more, else once the bytes read pass it.
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, AppError> {
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    too_large: fn(usize) -> AppError,
+) -> Result<Bytes, AppError> {
     let announced = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if announced.is_some_and(|n| n > limit as u64) {
-        return Err(AppError::TooLarge { limit });
+        return Err(too_large(limit));
     }
     // Chunks are kept as they arrive: a body that comes in one chunk (the usual case) is used
     // without a copy.
@@ -388,7 +418,7 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
         let chunk = chunk.map_err(|e| AppError::BodyRead(e.to_string()))?;
         len += chunk.len();
         if len > limit {
-            return Err(AppError::TooLarge { limit });
+            return Err(too_large(limit));
         }
         chunks.push(chunk);
     }

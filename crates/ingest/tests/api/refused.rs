@@ -106,6 +106,32 @@ async fn a_body_over_the_limit_is_413() {
     );
 }
 
+/// A seed-shaped comment whose text makes the body `len` bytes long.
+fn comment_of_size(len: usize) -> Vec<u8> {
+    let head = r#"{"id":"big","eventType":"comments","accountId":"acct_big","comment":{"text":""#;
+    let tail = r#""}}"#;
+    let mut body = head.as_bytes().to_vec();
+    body.resize(len - tail.len(), b'x');
+    body.extend_from_slice(tail.as_bytes());
+    body
+}
+
+#[tokio::test]
+async fn a_body_the_broker_cannot_take_is_413_naming_max_payload() {
+    // WEBHOOK_MAX_BODY_BYTES is 4 MiB; the test's nats-server takes messages of up to 1 MiB.
+    let app = spawn_app().await;
+    let response = app.post_signed(&comment_of_size(1024 * 1024 + 1)).await;
+    assert_eq!(response.status(), 413);
+    let json: serde_json::Value = response.json().await.unwrap();
+    let error = json["error"].as_str().unwrap();
+    assert!(error.contains("max_payload"), "{error:?}");
+    assert_nothing_published(&app).await;
+    // Under the broker's limit, with room for the message's headers: published.
+    let response = app.post_signed(&comment_of_size(1000 * 1024)).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(app.stored(subjects::EVENTS_STREAM).await, 1);
+}
+
 #[tokio::test]
 async fn a_signed_body_that_is_not_json_is_kept_as_rejected() {
     assert_rejected_and_kept(b"this is not JSON \xff").await;
