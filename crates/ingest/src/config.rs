@@ -193,7 +193,22 @@ impl Config {
                 "a whole number of events, 0 for no limit, e.g. 1000000",
             )
         }));
-        let dedup_window = found.check(duration("DEDUP_WINDOW", &args.dedup_window));
+        let dedup_window = match (
+            max_age,
+            found.check(duration("DEDUP_WINDOW", &args.dedup_window)),
+        ) {
+            // nats-server refuses a stream whose dedup window outlasts its events.
+            (Some(max_age), Some(window)) if window > max_age => {
+                found.0.push(format!(
+                    "DEDUP_WINDOW={:?} is longer than EVENT_RETENTION={:?}, which NATS refuses: \
+                     set DEDUP_WINDOW to EVENT_RETENTION or less",
+                    args.dedup_window.trim(),
+                    args.event_retention.trim()
+                ));
+                None
+            }
+            (_, window) => window,
+        };
         let log_problems =
             instantchat_telemetry::check_log_settings(&args.log_format, Some(&args.rust_log));
         let (log_filter, log_format) = if log_problems.is_empty() {
@@ -431,6 +446,23 @@ mod tests {
             assert!(text.contains(var), "{var} missing from {text}");
         }
         assert_eq!(err.problems.len(), 5);
+    }
+
+    #[test]
+    fn a_dedup_window_longer_than_the_retention_is_refused() {
+        let with = |retention, window| {
+            Config::from_args(args(&[
+                ("instagram-app-secret", "s"),
+                ("event-retention", retention),
+                ("dedup-window", window),
+            ]))
+        };
+        let err = with("1h", "2h").unwrap_err();
+        assert_eq!(err.problems.len(), 1);
+        assert!(
+            err.problems[0].contains("DEDUP_WINDOW=\"2h\" is longer than EVENT_RETENTION=\"1h\"")
+        );
+        assert!(with("2h", "2h").is_ok());
     }
 
     #[test]
