@@ -99,6 +99,15 @@ pub fn verify(
     let mut validation = Validation::new(settings.jwt_algorithm);
     validation.leeway = 0;
     validation.validate_exp = true;
+    match &settings.jwt_audience {
+        Some(audiences) => {
+            validation.set_audience(audiences);
+            validation.set_required_spec_claims(&["exp", "aud"]);
+        }
+        // Identity providers put their own `aud` in every token (Supabase `authenticated`,
+        // Firebase the project id); without a configured audience there is nothing to hold it to.
+        None => validation.validate_aud = false,
+    }
     let mut decoded = decode::<Claims>(token, &settings.jwt_key, &validation);
     // During a secret rotation, a token signed with the previous secret still counts.
     if let (Err(e), Some(previous)) = (&decoded, &settings.jwt_previous_key)
@@ -231,6 +240,46 @@ mod tests {
             verify(&rotating, &token(PREVIOUS, -10), None),
             Err(AuthError::Expired),
             "an old-secret token still expires"
+        );
+    }
+
+    #[test]
+    fn an_audience_is_checked_only_when_configured() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
+        let with_aud = |aud: serde_json::Value| {
+            let claims = json!({ "userId": "u1", "accounts": ["a"], "exp": now + 60, "aud": aud });
+            encode(
+                &Header::default(),
+                &claims,
+                &EncodingKey::from_secret(CURRENT.as_bytes()),
+            )
+            .expect("token")
+        };
+        let any = settings(&[]);
+        let ours = settings(&["--jwt-audience", "instantchat, authenticated"]);
+        let ok = |s: &GatewaySettings, t: &str| verify(s, t, None).map(|i| i.user_id);
+        assert_eq!(ok(&any, &with_aud(json!("authenticated"))), Ok("u1".into()));
+        assert_eq!(ok(&any, &with_aud(json!(["x", "y"]))), Ok("u1".into()));
+        assert_eq!(ok(&any, &token(CURRENT, 60)), Ok("u1".into()));
+        assert_eq!(
+            ok(&ours, &with_aud(json!("authenticated"))),
+            Ok("u1".into())
+        );
+        assert_eq!(
+            ok(&ours, &with_aud(json!(["other", "instantchat"]))),
+            Ok("u1".into())
+        );
+        assert_eq!(
+            ok(&ours, &with_aud(json!("other"))),
+            Err(AuthError::Invalid)
+        );
+        assert_eq!(
+            ok(&ours, &token(CURRENT, 60)),
+            Err(AuthError::Invalid),
+            "no aud at all"
         );
     }
 

@@ -49,6 +49,10 @@ pub struct GatewayOptions {
     /// PEM file with the public key for RS256 or ES256 tokens (instead of JWT_SECRET).
     #[arg(long, env = "JWT_PUBLIC_KEY")]
     pub jwt_public_key: Option<PathBuf>,
+    /// Comma-separated audiences, one of which a token's `aud` claim must name. Unset: `aud` is
+    /// not checked (as the seed's jwt.verify), so tokens of any identity provider are accepted.
+    #[arg(long, env = "JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
     /// Comma-separated origins allowed to connect from a browser (CORS); nothing else is allowed.
     #[arg(long, env = "CLIENT_URL", default_value = "http://localhost:3000")]
     pub client_url: String,
@@ -126,6 +130,8 @@ pub struct GatewaySettings {
     /// `JWT_SECRET_PREVIOUS`: also accepted, during a rotation.
     pub jwt_previous_key: Option<DecodingKey>,
     pub jwt_algorithm: Algorithm,
+    /// `JWT_AUDIENCE`: a token must name one of these in `aud`; `None`, `aud` is not checked.
+    pub jwt_audience: Option<Vec<String>>,
     pub allowed_origins: Vec<String>,
     pub account_access: AccountAccess,
     pub auth_timeout: Duration,
@@ -317,6 +323,15 @@ impl GatewayOptions {
                 jwt_key,
                 jwt_previous_key,
                 jwt_algorithm,
+                jwt_audience: self.jwt_audience.as_deref().and_then(|list| {
+                    let audiences: Vec<String> = list
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|a| !a.is_empty())
+                        .map(str::to_owned)
+                        .collect();
+                    (!audiences.is_empty()).then_some(audiences)
+                }),
                 allowed_origins,
                 account_access,
                 auth_timeout: Duration::from_secs(self.auth_timeout_secs),
