@@ -39,6 +39,9 @@ pub(crate) struct Entry<'a> {
     pub(crate) time: Option<&'a RawValue>,
     pub(crate) changes: Option<Shaped<Vec<&'a RawValue>>>,
     pub(crate) messaging: Option<Shaped<Vec<&'a RawValue>>>,
+    /// Other keys holding a non-empty list (e.g. the handover protocol's `standby`): items this
+    /// service has no rule for, with how many there are.
+    pub(crate) other_lists: Vec<(String, usize)>,
 }
 
 /// Accepts any JSON value other than the expected one as [`Shaped::Other`], consuming it.
@@ -171,8 +174,12 @@ impl<'de> Visitor<'de> for EntrySeed {
                 "time" => entry.time = Some(map.next_value()?),
                 "changes" => entry.changes = Some(map.next_value_seed(ListOf(RawSeed))?),
                 "messaging" => entry.messaging = Some(map.next_value_seed(ListOf(RawSeed))?),
-                _ => {
-                    map.next_value::<IgnoredAny>()?;
+                other => {
+                    if let Shaped::Ok(items) = map.next_value_seed(ListOf(RawSeed))?
+                        && !items.is_empty()
+                    {
+                        entry.other_lists.push((other.to_owned(), items.len()));
+                    }
                 }
             }
         }

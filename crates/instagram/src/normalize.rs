@@ -235,6 +235,16 @@ fn normalize_entry(
             }
         }
     }
+    for (name, count) in &entry.other_lists {
+        out.skip(
+            index,
+            0,
+            format!(
+                "entry[{index}]: no rule for the list {} ({count} items)",
+                short(name)
+            ),
+        );
+    }
 }
 
 impl Normalized {

@@ -190,6 +190,24 @@ fn invalid_changes_field_name_is_skipped_and_the_rest_goes_on() {
     );
 }
 
+#[test]
+fn an_entry_list_without_a_rule_is_skipped_not_dropped() {
+    // The handover protocol's `standby` carries messaging-like items for a secondary app.
+    let body = r#"{"object":"instagram","entry":[{"id":"1","time":1,"uid":"x","extra":[],
+        "standby":[{"sender":{"id":"s"},"message":{"mid":"m1","text":"t"}},{}],
+        "messaging":[{"sender":{"id":"s"},"message":{"mid":"m2","text":"t"}}]}]}"#;
+    let n = run(body);
+    assert_eq!(n.events.len(), 1);
+    assert_eq!(n.events[0].id, "messages:m2");
+    assert_eq!(n.skipped.len(), 1, "{:?}", n.skipped);
+    assert_eq!((n.skipped[0].entry, n.skipped[0].item), (0, 0));
+    assert!(
+        n.skipped[0].reason.contains("\"standby\" (2 items)"),
+        "{}",
+        n.skipped[0].reason
+    );
+}
+
 // --- messaging[] rows ---------------------------------------------------------------------
 
 #[test]
