@@ -119,7 +119,9 @@ pub enum AppError {
     Signature(#[from] SignatureError),
     #[error("the request body could not be read: {0}")]
     BodyRead(String),
-    #[error("{0}; nothing was acknowledged, retry the delivery")]
+    #[error(
+        "{0}; the webhook is not stored whole, retry the delivery (what was stored is not stored twice)"
+    )]
     Bus(#[from] BusError),
 }
 
@@ -217,10 +219,14 @@ async fn verify_subscription(
         )
             .into_response(),
         None => {
-            tracing::info!(
-                configured = expected.is_some(),
-                "webhook verification refused"
-            );
+            if expected.is_none() {
+                tracing::warn!(
+                    "webhook verification refused: INSTAGRAM_WEBHOOK_VERIFY_TOKEN is not set, so \
+                     Meta's subscription check cannot pass; set it to the token given to Meta"
+                );
+            } else {
+                tracing::info!("webhook verification refused");
+            }
             (
                 StatusCode::FORBIDDEN,
                 "forbidden: wrong or missing hub.verify_token or hub.mode",
@@ -307,10 +313,11 @@ async fn ingest(state: &IngestState, headers: &HeaderMap, body: Body) -> Result<
     let body = tokio::time::timeout(BODY_TIMEOUT, read_body(headers, body, limit, too_large))
         .await
         .map_err(|_| AppError::BodyRead(format!("not received within {BODY_TIMEOUT:?}")))??;
+    // Lossy, so a header with bytes that are not ASCII is reported as what it is.
     let signature = headers
         .get("x-hub-signature-256")
-        .map(|v| v.to_str().unwrap_or(""));
-    verify_signature(&settings.app_secrets, signature, &body)?;
+        .map(|v| String::from_utf8_lossy(v.as_bytes()));
+    verify_signature(&settings.app_secrets, signature.as_deref(), &body)?;
 
     let trace = outgoing_trace(headers);
     let digest = hex::encode(Sha256::digest(&body));

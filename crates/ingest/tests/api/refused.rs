@@ -46,6 +46,13 @@ async fn a_digest_of_the_wrong_length_is_401() {
 }
 
 #[tokio::test]
+async fn a_signature_with_bytes_that_are_not_ascii_is_401_saying_so() {
+    // Not "no sha256= prefix": the value does start with it.
+    let header = format!("sha256={}é", "a".repeat(62));
+    refused_with_401(Some(&header), "not a hex digit").await;
+}
+
+#[tokio::test]
 async fn a_signature_over_reserialized_json_is_401() {
     let app = spawn_app().await;
     let (body, _) = fixture("f25_unicode_escape_vector_synthetic.json");
