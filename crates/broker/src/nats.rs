@@ -196,11 +196,15 @@ impl NatsBus {
     }
 
     async fn events_stream(&self) -> Result<stream::Stream, BusError> {
+        self.stream(subjects::EVENTS_STREAM).await
+    }
+
+    async fn stream(&self, name: &'static str) -> Result<stream::Stream, BusError> {
         self.js
-            .get_stream(subjects::EVENTS_STREAM)
+            .get_stream(name)
             .await
             .map_err(|e| BusError::Stream {
-                stream: subjects::EVENTS_STREAM,
+                stream: name,
                 reason: e.to_string(),
             })
     }
@@ -491,7 +495,16 @@ impl EventBus for NatsBus {
         if !self.streams_ready.load(Ordering::Acquire) {
             self.ensure_streams().await?;
         }
-        self.events_stream().await.map(|_| ())
+        let mut present = self.events_stream().await.map(|_| ());
+        if self.manages_streams && present.is_ok() {
+            // Ingest also publishes the raw bodies.
+            present = self.stream(subjects::WEBHOOKS_STREAM).await.map(|_| ());
+        }
+        if present.is_err() && self.manages_streams {
+            // A stream is gone (deleted, or a fresh store): the next check sets it up again.
+            self.streams_ready.store(false, Ordering::Release);
+        }
+        present
     }
 
     async fn close(&self) {

@@ -105,3 +105,25 @@ async fn metrics_count_outcomes_and_events() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_deleted_stream_makes_ingest_unready_until_it_has_set_it_up_again() {
+    let app = spawn_app().await;
+    assert_eq!(app.get("/readyz").await.status(), 200);
+    app.js
+        .delete_stream(subjects::WEBHOOKS_STREAM)
+        .await
+        .expect("deleted");
+    let response = app.get("/readyz").await;
+    assert_eq!(response.status(), 503);
+    let reason = response.text().await.unwrap();
+    assert!(reason.contains(subjects::WEBHOOKS_STREAM), "{reason}");
+    eventually("ingest sets the stream up again", || async {
+        app.get("/readyz").await.status() == 200
+    })
+    .await;
+    let (body, signature) = fixture("f01_comments_dashboard_test.json");
+    let (events, _) = receipt(app.post_webhook(&body, Some(&signature)).await).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(app.stored(subjects::WEBHOOKS_STREAM).await, 1);
+}
