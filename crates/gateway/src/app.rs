@@ -163,11 +163,14 @@ impl Gateway {
         let (stop_tx, stop_rx) = watch::channel(false);
         self.spawn_background(stop_rx);
         let hub = self.hub.clone();
-        let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
+        // Sent when the drain starts: the one deadline for everything after it.
+        let (deadline_tx, deadline_rx) = tokio::sync::oneshot::channel::<tokio::time::Instant>();
         let drain = {
             let hub = hub.clone();
             async move {
                 signal.await;
+                let deadline = tokio::time::Instant::now() + hub.settings.shutdown_timeout;
+                let _ = deadline_tx.send(deadline);
                 tracing::info!("shutting down: draining connections");
                 hub.start_draining();
                 if let Some(io) = hub.io() {
@@ -175,15 +178,10 @@ impl Gateway {
                     // see "transport close" and reconnect by themselves (through the load
                     // balancer, to another instance), where a server disconnect would leave
                     // socket.io-client waiting for the app to call connect().
-                    let closing = io.close();
-                    if tokio::time::timeout(hub.settings.shutdown_timeout, closing)
-                        .await
-                        .is_err()
-                    {
+                    if tokio::time::timeout_at(deadline, io.close()).await.is_err() {
                         tracing::warn!("transports still open at the shutdown deadline");
                     }
                 }
-                let _ = drained_tx.send(());
             }
         };
         let server = axum::serve(
@@ -191,12 +189,14 @@ impl Gateway {
             router.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(drain);
-        let deadline = hub.settings.shutdown_timeout;
         tokio::select! {
             result = server => result?,
             () = async {
-                let _ = drained_rx.await;
-                tokio::time::sleep(deadline).await;
+                match deadline_rx.await {
+                    Ok(deadline) => tokio::time::sleep_until(deadline).await,
+                    // The server stopped without a signal: nothing to wait for here.
+                    Err(_) => std::future::pending().await,
+                }
             } => tracing::warn!("shutdown deadline reached; dropping remaining connections"),
         }
         let _ = stop_tx.send(true);
