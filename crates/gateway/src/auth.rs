@@ -245,12 +245,9 @@ mod tests {
 
     #[test]
     fn an_audience_is_checked_only_when_configured() {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .as_secs();
+        let exp = in_a_minute();
         let with_aud = |aud: serde_json::Value| {
-            let claims = json!({ "userId": "u1", "accounts": ["a"], "exp": now + 60, "aud": aud });
+            let claims = json!({ "userId": "u1", "accounts": ["a"], "exp": exp, "aud": aud });
             encode(
                 &Header::default(),
                 &claims,
@@ -281,6 +278,108 @@ mod tests {
             Err(AuthError::Invalid),
             "no aud at all"
         );
+    }
+
+    fn in_a_minute() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs()
+            + 60
+    }
+
+    fn testdata(name: &str) -> String {
+        format!("{}/testdata/{name}", env!("CARGO_MANIFEST_DIR"))
+    }
+
+    #[test]
+    fn rs256_and_es256_tokens_verify_with_the_configured_public_key() {
+        let claims = json!({ "userId": "u1", "accounts": ["a"], "exp": in_a_minute() });
+        for (algorithm, name) in [
+            (jsonwebtoken::Algorithm::RS256, "rs256"),
+            (jsonwebtoken::Algorithm::ES256, "es256"),
+        ] {
+            let public = testdata(&format!("{name}-public.pem"));
+            let settings = crate::GatewayArgs::try_parse_from([
+                "instantchat-gateway",
+                "--jwt-public-key",
+                &public,
+            ])
+            .expect("flags")
+            .gateway
+            .settings()
+            .expect("settings");
+            assert_eq!(settings.jwt_algorithm, algorithm);
+            let private =
+                std::fs::read(testdata(&format!("{name}-private.pem"))).expect("key file");
+            let key = match algorithm {
+                jsonwebtoken::Algorithm::RS256 => EncodingKey::from_rsa_pem(&private),
+                _ => EncodingKey::from_ec_pem(&private),
+            }
+            .expect("private key");
+            let signed = encode(&Header::new(algorithm), &claims, &key).expect("token");
+            assert_eq!(
+                verify(&settings, &signed, Some("u1")).map(|i| i.user_id),
+                Ok("u1".to_owned()),
+                "{name}"
+            );
+            // HS256 with the public key as its secret: the algorithm confusion attack.
+            let public_bytes = std::fs::read(&public).expect("key file");
+            let forged = encode(
+                &Header::default(),
+                &claims,
+                &EncodingKey::from_secret(&public_bytes),
+            )
+            .expect("token");
+            assert_eq!(
+                verify(&settings, &forged, None),
+                Err(AuthError::Invalid),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_user_falls_back_to_sub_and_the_scope_follows_account_access() {
+        let signed = |claims: serde_json::Value| {
+            encode(
+                &Header::default(),
+                &claims,
+                &EncodingKey::from_secret(CURRENT.as_bytes()),
+            )
+            .expect("token")
+        };
+        let claim = settings(&[]);
+        let all = settings(&["--account-access", "all"]);
+        let exp = in_a_minute();
+        let sub_only = verify(
+            &claim,
+            &signed(json!({ "sub": 42, "accounts": ["a", 17], "exp": exp })),
+            Some("42"),
+        )
+        .expect("valid");
+        assert_eq!(sub_only.user_id, "42");
+        assert_eq!(
+            sub_only.scope,
+            AccountScope::Only(["a".to_owned(), "17".to_owned()].into())
+        );
+        let star = signed(json!({ "userId": "u", "accounts": ["*"], "exp": exp }));
+        assert_eq!(
+            verify(&claim, &star, None).map(|i| i.scope),
+            Ok(AccountScope::All)
+        );
+        let no_accounts = signed(json!({ "userId": "u", "exp": exp }));
+        assert_eq!(
+            verify(&claim, &no_accounts, None),
+            Err(AuthError::NoAccounts)
+        );
+        assert_eq!(
+            verify(&all, &no_accounts, None).map(|i| i.scope),
+            Ok(AccountScope::All),
+            "ACCOUNT_ACCESS=all: every user sees every account"
+        );
+        let nobody = signed(json!({ "accounts": ["a"], "exp": exp }));
+        assert_eq!(verify(&all, &nobody, None), Err(AuthError::NoUser));
     }
 
     #[test]
