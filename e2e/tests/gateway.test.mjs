@@ -113,12 +113,14 @@ test('every reply of the table, to the event and to the ack', async () => {
   closeAll(socket);
 });
 
-test('subscribe before authentication: error Not authenticated', async () => {
+test('subscribe or unsubscribe before authentication: error Not authenticated', async () => {
   const socket = connect(gw);
   await next(socket, 'connect');
   const reply = await request(socket, 'subscribe', { eventTypes: ['comments'], userId: 'x', timestamp: 1 });
   assert.equal(reply.message, 'Not authenticated');
   assert.ok(socket.events.some((e) => e.event === 'error' && e.data.message === 'Not authenticated'));
+  const unsubscribed = await request(socket, 'unsubscribe', { eventTypes: ['comments'], userId: 'x', timestamp: 2 });
+  assert.equal(unsubscribed.message, 'Not authenticated');
   closeAll(socket);
 });
 
@@ -148,14 +150,19 @@ describe('bad tokens get auth_failed, then disconnect', () => {
 test('malformed and oversized payloads get error and leave the subscriptions unchanged', async () => {
   const socket = await authed(gw, { userId: 'bad_payloads' });
   await request(socket, 'subscribe', { eventTypes: ['comments'], userId: 'bad_payloads', timestamp: 1 });
+  const types = 'eventTypes must be a non-empty array of at most 32 names matching [a-z_]{1,64}';
   const bad = [
-    undefined, 'not an object', { eventTypes: [] }, { eventTypes: 'comments' }, { eventTypes: ['Comments!'] },
-    { eventTypes: Array.from({ length: 33 }, (_, i) => `t_${String.fromCharCode(97 + (i % 26))}`) },
-    { eventTypes: ['messages'], userId: 'somebody_else' }, { eventTypes: ['messages'], since: -1 },
+    [undefined, 'subscribe needs an object payload'], ['not an object', 'subscribe needs an object payload'],
+    [{ eventTypes: [] }, types], [{ eventTypes: 'comments' }, types], [{ eventTypes: ['Comments!'] }, types],
+    [{ eventTypes: Array.from({ length: 33 }, (_, i) => `t_${String.fromCharCode(97 + (i % 26))}`) }, types],
+    [{ eventTypes: ['messages'], userId: 'somebody_else' }, 'userId does not match the authenticated user'],
+    [{ eventTypes: ['messages'], since: -1 }, 'since must be a non-negative integer'],
   ];
-  for (const payload of bad) {
+  for (const [payload, says] of bad) {
+    const errorEvent = next(socket, 'error');
     const reply = await request(socket, 'subscribe', payload);
-    assert.equal(typeof reply.message, 'string', `error for ${JSON.stringify(payload)}`);
+    assert.ok(reply.message.startsWith(says), `${JSON.stringify(payload)}: ${reply.message}`);
+    assert.deepEqual(await errorEvent, reply, 'the same error as an event');
   }
   const info = await request(socket, 'get_subscriptions', { userId: 'bad_payloads', timestamp: 2 });
   assert.deepEqual(info.subscriptions, ['comments']);
