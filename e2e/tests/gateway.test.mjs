@@ -157,6 +157,7 @@ test('malformed and oversized payloads get error and leave the subscriptions unc
     [{ eventTypes: Array.from({ length: 33 }, (_, i) => `t_${String.fromCharCode(97 + (i % 26))}`) }, types],
     [{ eventTypes: ['messages'], userId: 'somebody_else' }, 'userId does not match the authenticated user'],
     [{ eventTypes: ['messages'], since: -1 }, 'since must be a non-negative integer'],
+    [{ eventTypes: ['messages'], accountIds: ['not an id!'] }, 'Not an account id: "not an id!"'],
   ];
   for (const [payload, says] of bad) {
     const errorEvent = next(socket, 'error');

@@ -360,7 +360,12 @@ fn parse_subscribe(data: &Value, identity: &Identity) -> Result<SubscribeRequest
                     Value::Number(n) => n.to_string(),
                     _ => return Err("accountIds must be an array of account id strings".into()),
                 };
-                if !is_valid_account_id(&id) || !identity.scope.allows(&id) {
+                if !is_valid_account_id(&id) {
+                    return Err(format!(
+                        "Not an account id: {id:?} (1 to 128 of A-Z a-z 0-9 _ -)"
+                    ));
+                }
+                if !identity.scope.allows(&id) {
                     return Err(format!("Account not allowed: {id}"));
                 }
                 set.insert(id);
