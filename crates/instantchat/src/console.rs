@@ -97,14 +97,38 @@ fn asset(content_type: &'static str, body: &'static [u8]) -> Response {
         .into_response()
 }
 
-/// The dev token, only to a peer on this machine: `dev --bind 0.0.0.0` must not hand a token
-/// for every account to the network.
+/// Headers a proxy or tunnel adds: a request carrying one came from elsewhere through this machine.
+const FORWARDED: [&str; 5] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-real-ip",
+    "cf-connecting-ip",
+];
+
+/// The dev token, only to a page on this machine: `dev --bind 0.0.0.0` must not hand a token for
+/// every account to the network, nor a tunnel to localhost (ngrok, cloudflared, as used to let
+/// Meta reach a dev webhook) to the internet. So: a loopback peer, a loopback `Host` (which also
+/// stops DNS rebinding), and no proxy's forwarding headers.
 fn dev_config(config: &str, request: &Request) -> Response {
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
-    if !peer.is_some_and(|p| p.ip().is_loopback()) {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.parse::<axum::http::uri::Authority>().ok());
+    let local_host = host.is_some_and(|h| {
+        let name = h.host().trim_start_matches('[').trim_end_matches(']');
+        name.eq_ignore_ascii_case("localhost")
+            || name
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    });
+    let forwarded = FORWARDED.iter().any(|h| request.headers().contains_key(*h));
+    if !peer.is_some_and(|p| p.ip().is_loopback()) || !local_host || forwarded {
         return (
             StatusCode::NOT_FOUND,
             "the dev token is offered on loopback only",
@@ -199,6 +223,9 @@ mod tests {
     #[test]
     fn the_dev_token_is_refused_without_a_loopback_peer() {
         let mut request = Request::new(axum::body::Body::empty());
+        request
+            .headers_mut()
+            .insert(header::HOST, "127.0.0.1:3000".parse().unwrap());
         assert_eq!(dev_config("{}", &request).status(), StatusCode::NOT_FOUND);
         request
             .extensions_mut()
@@ -208,5 +235,32 @@ mod tests {
             .extensions_mut()
             .insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 5000))));
         assert_eq!(dev_config("{}", &request).status(), StatusCode::OK);
+    }
+
+    #[test]
+    fn the_dev_token_is_refused_through_a_tunnel_or_to_another_host_name() {
+        let request = |host: &str, forwarded: Option<(&'static str, &str)>| {
+            let mut r = Request::new(axum::body::Body::empty());
+            r.extensions_mut()
+                .insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 5000))));
+            r.headers_mut().insert(header::HOST, host.parse().unwrap());
+            if let Some((name, value)) = forwarded {
+                r.headers_mut().insert(name, value.parse().unwrap());
+            }
+            dev_config("{}", &r).status()
+        };
+        for host in ["localhost:3000", "127.0.0.1", "[::1]:3000", "LOCALHOST"] {
+            assert_eq!(request(host, None), StatusCode::OK, "{host}");
+        }
+        // ngrok and cloudflared pass the public name and add forwarding headers.
+        assert_eq!(request("abc.ngrok-free.app", None), StatusCode::NOT_FOUND);
+        assert_eq!(request("evil.example:3000", None), StatusCode::NOT_FOUND);
+        for header in FORWARDED {
+            assert_eq!(
+                request("localhost:3000", Some((header, "203.0.113.9"))),
+                StatusCode::NOT_FOUND,
+                "{header}"
+            );
+        }
     }
 }
