@@ -242,6 +242,11 @@
       return;
     }
     showFormError(null);
+    // A seq typed in "Replay from seq" is asked for: it wins over the last seq seen.
+    if (next.since !== null) {
+      lastSeq = null;
+      ui.lastSeq.textContent = '–';
+    }
     if (socket) log('Reconnecting with the new settings.');
     open(next);
   });
@@ -293,5 +298,7 @@
     ui.connect.disabled = true;
   }
   setState('disconnected');
+  ui.empty.querySelector('code').textContent =
+    `instantchat send --url ${location.origin} --type comments --text 'Hello'`;
   loadDevConfig();
 })();

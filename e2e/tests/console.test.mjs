@@ -37,7 +37,7 @@ before(async () => {
     dev.on('error', reject);
     dev.stdout.on('data', (chunk) => {
       printed += chunk;
-      if (/^\s*TOKEN=\S+/m.test(printed) && /Next, in another terminal/.test(printed)) resolve();
+      if (/^\s*export INSTANTCHAT_TOKEN=\S+/m.test(printed) && /Next, in another terminal/.test(printed)) resolve();
     });
   }));
   profile = mkdtempSync(join(tmpdir(), 'instantchat-chromium-'));
@@ -79,7 +79,7 @@ test('the console authenticates with the dev token, subscribes and shows events 
   assert.equal(res.status(), 200);
   assert.equal(await page.title(), 'InstantChat live event console');
   await page.waitForFunction(() => document.getElementById('token').value.length > 0, null, { timeout: WAIT });
-  assert.equal(await page.inputValue('#token'), value('TOKEN'), 'the dev token is prefilled');
+  assert.equal(await page.inputValue('#token'), value('INSTANTCHAT_TOKEN'), 'the dev token is prefilled');
   assert.equal(await page.textContent('#state'), 'disconnected');
 
   // Only account 42, and one extra type typed in by hand.

@@ -18,7 +18,7 @@ before(async () => {
   await within(20000, 'the dev banner', new Promise((resolve) => {
     dev.stdout.on('data', (chunk) => {
       printed += chunk;
-      if (/^\s*TOKEN=\S+/m.test(printed) && /Next, in another terminal/.test(printed)) resolve();
+      if (/^\s*export INSTANTCHAT_TOKEN=\S+/m.test(printed) && /Next, in another terminal/.test(printed)) resolve();
     });
   }));
 });
@@ -29,7 +29,7 @@ const value = (name) => printed.match(new RegExp(`^\\s*(?:export )?${name}=(\\S+
 test('dev prints a token that works, and instantchat send reaches the client', async () => {
   const socket = connect({ url: `http://127.0.0.1:${port}` });
   await next(socket, 'connect');
-  const auth = await request(socket, 'authenticate', { token: value('TOKEN'), userId: 'dev_user', timestamp: Date.now() });
+  const auth = await request(socket, 'authenticate', { token: value('INSTANTCHAT_TOKEN'), userId: 'dev_user', timestamp: Date.now() });
   assert.equal(auth.message, 'Authentication successful', JSON.stringify(auth));
   await request(socket, 'subscribe', { eventTypes: ['comments'], userId: 'dev_user', timestamp: Date.now() });
   const sent = spawnSync(bin, ['send', '--url', `http://127.0.0.1:${port}`, '--type', 'comments', '--account', '42', '--text', 'from the CLI'],
@@ -43,7 +43,7 @@ test('dev prints a token that works, and instantchat send reaches the client', a
 
 test('instantchat tail prints the events a client sees', async () => {
   const tail = spawn(bin, ['tail', '--url', `http://127.0.0.1:${port}`, '--types', 'mentions', '--count', '1'],
-    { env: { ...cleanEnv, INSTANTCHAT_TOKEN: value('TOKEN') }, stdio: ['ignore', 'pipe', 'pipe'] });
+    { env: { ...cleanEnv, INSTANTCHAT_TOKEN: value('INSTANTCHAT_TOKEN') }, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
   tail.stdout.on('data', (c) => { out += c; });
@@ -57,6 +57,41 @@ test('instantchat tail prints the events a client sees', async () => {
   assert.match(out, /mentions account=7 from=instantchat_cli tailed/);
 });
 
+test('tail keeps its quiet socket past HEARTBEAT_TIMEOUT_SECS with heartbeats', async () => {
+  const quietPort = await freePort();
+  const url = `http://127.0.0.1:${quietPort}`;
+  const quiet = spawn(bin, ['dev', '--port', String(quietPort)],
+    { env: { ...cleanEnv, HEARTBEAT_TIMEOUT_SECS: '1' }, stdio: ['ignore', 'pipe', 'inherit'] });
+  try {
+    let banner = '';
+    await within(20000, 'the second dev banner', new Promise((resolve) => {
+      quiet.stdout.on('data', (chunk) => {
+        banner += chunk;
+        if (/Next, in another terminal/.test(banner)) resolve();
+      });
+    }));
+    const of = (name) => banner.match(new RegExp(`^\\s*(?:export )?${name}=(\\S+)`, 'm'))[1];
+    const tail = spawn(bin, ['tail', '--url', url, '--types', 'mentions', '--count', '1', '--heartbeat-secs', '0.3'],
+      { env: { ...cleanEnv, INSTANTCHAT_TOKEN: of('INSTANTCHAT_TOKEN') } });
+    let out = '';
+    let err = '';
+    tail.stdout.on('data', (c) => { out += c; });
+    tail.stderr.on('data', (c) => { err += c; });
+    const exited = new Promise((r) => tail.on('exit', r));
+    await within(10000, 'tail to subscribe', (async () => { while (!/subscribed/.test(err)) await sleep(20); })());
+    // Well past the 1 s timeout (checked every 0.5 s), with no event: only the heartbeats keep it.
+    await sleep(2500);
+    const sent = spawnSync(bin, ['send', '--url', url, '--type', 'mentions', '--account', '7', '--text', 'still here'],
+      { env: { ...cleanEnv, INSTAGRAM_APP_SECRET: of('INSTAGRAM_APP_SECRET') }, encoding: 'utf8' });
+    assert.equal(sent.status, 0, sent.stderr);
+    assert.equal(await within(10000, 'tail to exit after one event', exited), 0, err);
+    assert.match(out, /mentions account=7 .* still here/);
+    assert.doesNotMatch(err, /connection lost/);
+  } finally {
+    await stopProcess(quiet);
+  }
+});
+
 test('bad CLI input: one-line error, non-zero exit, no panic', () => {
   const run = (args, env = {}) => spawnSync(bin, args, { env: { ...cleanEnv, ...env }, encoding: 'utf8' });
   const cases = [
@@ -66,6 +101,8 @@ test('bad CLI input: one-line error, non-zero exit, no panic', () => {
     run(['send', '--url', `http://127.0.0.1:${port}`, join(fixturesDir, 'f01_comments_dashboard_test.json')], { INSTAGRAM_APP_SECRET: 'wrong' }),
     run(['token', '--ttl', 'soon'], { JWT_SECRET: 'x'.repeat(32) }),
     run(['tail', '--url', `http://127.0.0.1:${port}`], { INSTANTCHAT_TOKEN: 'not-a-token' }),
+    run(['send', '--url', `http://127.0.0.1:${port}`, '--type', 'Not-A-Type'], { INSTAGRAM_APP_SECRET: value('INSTAGRAM_APP_SECRET') }),
+    run(['admin', '--url', `https://127.0.0.1:${port}`, '--token', 'x'.repeat(16)]),
   ];
   for (const r of cases) {
     assert.notEqual(r.status, 0);
@@ -75,6 +112,8 @@ test('bad CLI input: one-line error, non-zero exit, no panic', () => {
   assert.match(cases[1].stderr, /cannot read \/no\/such\/fixture.json/);
   assert.match(cases[2].stderr, /is the server running/);
   assert.match(cases[3].stderr, /401/);
+  assert.match(cases[6].stderr, /kept the webhook aside/);
+  assert.match(cases[7].stderr, /take an http:\/\/ URL/);
 });
 
 test('serve checks its webhook and log settings as the services do, every problem at once', () => {

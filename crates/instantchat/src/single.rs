@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use instantchat_broker::{EventBus, MemoryBus, NatsBus, Retention};
-use instantchat_gateway::auth::mint_token;
+use instantchat_gateway::auth::mint_token_for;
 use instantchat_gateway::config::ConfigError;
 use instantchat_gateway::{Gateway, GatewayOptions};
 use instantchat_ingest::config::webhook_settings;
@@ -143,11 +143,18 @@ fn dev_login(args: &SingleArgs) -> anyhow::Result<Option<DevLogin>> {
     let Some(jwt_secret) = args.gateway.jwt_secret.as_deref().filter(|s| !s.is_empty()) else {
         return Ok(None);
     };
-    let token = mint_token(
+    // A token the gateway takes: with its first audience when JWT_AUDIENCE names some.
+    let audience = args
+        .gateway
+        .jwt_audience
+        .as_deref()
+        .and_then(|list| list.split(',').map(str::trim).find(|a| !a.is_empty()));
+    let token = mint_token_for(
         jwt_secret,
         "dev_user",
         &["*".to_owned()],
         Duration::from_secs(24 * 3600),
+        audience,
     )?;
     Ok(Some(DevLogin {
         token,
@@ -163,10 +170,6 @@ fn print_banner(
 ) -> anyhow::Result<()> {
     let jwt_secret = args.gateway.jwt_secret.clone().unwrap_or_default();
     let app_secret = args.app_secret.clone().unwrap_or_default();
-    let token = login.map_or_else(
-        || "(JWT_PUBLIC_KEY is set: mint tokens with your private key)".to_owned(),
-        |l| l.token.clone(),
-    );
     let base = format!("http://127.0.0.1:{port}");
     let bus = if args.nats_url.is_some() {
         "NATS JetStream"
@@ -194,11 +197,20 @@ fn print_banner(
         "  export INSTAGRAM_WEBHOOK_VERIFY_TOKEN={}",
         args.verify_token.clone().unwrap_or_default()
     );
+    println!("  export INSTANTCHAT_URL={base}");
     println!();
-    println!("Token for user dev_user, all accounts, valid 24 h:");
-    println!("  TOKEN={token}");
+    match login {
+        Some(login) => {
+            println!(
+                "Token for user dev_user, all accounts, valid 24 h (for `tail` and the console):"
+            );
+            println!("  export INSTANTCHAT_TOKEN={}", login.token);
+        }
+        None => println!("Tokens: JWT_PUBLIC_KEY is set, so mint them with your private key."),
+    }
     println!();
     println!("Next, in another terminal (with the exports above):");
+    println!("  cargo run --release -p instantchat -- tail &");
     println!("  cargo run --release -p instantchat -- send --type comments --text 'Hello'");
     println!();
     // Tools that drive `dev` read these lines; flush so a pipe sees them at once.

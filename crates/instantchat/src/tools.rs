@@ -21,6 +21,10 @@ pub struct TokenArgs {
     /// The gateway's JWT secret.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     pub secret: String,
+    /// The `aud` claim, for a gateway with JWT_AUDIENCE set (the first of a comma-separated list
+    /// is used).
+    #[arg(long, env = "JWT_AUDIENCE")]
+    pub audience: Option<String>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -38,9 +42,19 @@ pub fn token(args: TokenArgs) -> anyhow::Result<()> {
     if accounts.is_empty() {
         bail!("--accounts needs at least one account id, or `*`");
     }
+    let audience = args
+        .audience
+        .as_deref()
+        .and_then(|list| list.split(',').map(str::trim).find(|a| !a.is_empty()));
     println!(
         "{}",
-        instantchat_gateway::auth::mint_token(&args.secret, &args.user, &accounts, args.ttl)?
+        instantchat_gateway::auth::mint_token_for(
+            &args.secret,
+            &args.user,
+            &accounts,
+            args.ttl,
+            audience
+        )?
     );
     Ok(())
 }
@@ -68,7 +82,20 @@ pub struct SendArgs {
     pub secret: String,
 }
 
+/// The tools speak plain HTTP and WebSocket (they are built without TLS): say so up front
+/// rather than fail with a transport error.
+fn plain_http(url: &str) -> anyhow::Result<()> {
+    if !url.starts_with("http://") {
+        bail!(
+            "{url}: the instantchat tools take an http:// URL (they speak no TLS); reach an \
+             https deployment through a plain-HTTP address, e.g. `kubectl port-forward`"
+        );
+    }
+    Ok(())
+}
+
 pub async fn send(args: SendArgs) -> anyhow::Result<()> {
+    plain_http(&args.url)?;
     let body = match &args.file {
         Some(path) => {
             std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?
@@ -102,6 +129,11 @@ pub async fn send(args: SendArgs) -> anyhow::Result<()> {
         bail!("{url} answered {status}: {}", text.trim());
     }
     println!("{text}");
+    // Accepted but not (wholly) usable: ingest keeps the body aside and says why.
+    let receipt: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    if let Some(reason) = receipt["rejected"].as_str() {
+        bail!("ingest kept the webhook aside instead of publishing all of it: {reason}");
+    }
     Ok(())
 }
 
@@ -129,6 +161,20 @@ pub struct TailArgs {
     /// Stop after this many events (default: run until interrupted).
     #[arg(long)]
     pub count: Option<u64>,
+    /// Seconds between the `heartbeat`s tail sends: they keep the gateway (HEARTBEAT_TIMEOUT_SECS,
+    /// 60 by default) from closing the socket, which only listens, and an unanswered one means
+    /// the connection is gone.
+    #[arg(long, default_value_t = 20.0, value_parser = positive_secs)]
+    pub heartbeat_secs: f64,
+}
+
+fn positive_secs(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(secs) if secs > 0.0 && secs.is_finite() => Ok(secs),
+        _ => Err(format!(
+            "{value:?} is not a positive number of seconds, e.g. 20"
+        )),
+    }
 }
 
 fn list(value: &str) -> Vec<String> {
@@ -139,16 +185,28 @@ fn list(value: &str) -> Vec<String> {
         .collect()
 }
 
+/// Handshake refusals that say to come back later rather than that the token is bad.
+fn refusal_is_temporary(reason: &str) -> bool {
+    reason.starts_with("Server is shutting down") || reason.starts_with("Too many connections from")
+}
+
 /// Subscribes and prints events; on a lost connection, reconnects and resumes after the last seq.
 pub async fn tail(args: TailArgs) -> anyhow::Result<()> {
+    plain_http(&args.url)?;
     use instantchat_sioclient::{SioClient, SioError};
     let mut since = args.since;
     let mut printed = 0u64;
     let mut attempt = 0u32;
+    let heartbeat = Duration::from_secs_f64(args.heartbeat_secs);
     loop {
         let auth = json!({ "token": args.token });
         let mut client = match SioClient::connect(&args.url, Some(&auth)).await {
             Ok(c) => c,
+            Err(SioError::Refused(reason)) if refusal_is_temporary(&reason) => {
+                eprintln!("instantchat: {reason}; retrying in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
             Err(SioError::Refused(reason)) => bail!("the gateway refused the token: {reason}"),
             Err(e) if attempt == 0 => bail!(
                 "cannot connect to {}: {e}; is the server running?",
@@ -181,15 +239,36 @@ pub async fn tail(args: TailArgs) -> anyhow::Result<()> {
             );
         }
         attempt += 1;
+        let mut next_beat = tokio::time::Instant::now() + heartbeat;
         loop {
-            let (name, data) = match client.next_event(Duration::from_secs(3600)).await {
+            let wait = next_beat.saturating_duration_since(tokio::time::Instant::now());
+            let next = match client.next_event(wait).await {
+                // Time for a heartbeat: it keeps the socket alive and proves the connection.
+                Err(SioError::Timeout(..)) => {
+                    next_beat = tokio::time::Instant::now() + heartbeat;
+                    let beat = json!({ "timestamp": 0, "clientId": "instantchat-tail" });
+                    match client
+                        .emit_with_ack("heartbeat", &beat, Duration::from_secs(10))
+                        .await
+                    {
+                        Ok(_) => continue,
+                        Err(e) => Err(e),
+                    }
+                }
+                other => other,
+            };
+            let (name, data) = match next {
                 Ok(event) => event,
-                Err(SioError::Timeout(..)) => continue,
                 Err(e) => {
-                    eprintln!(
-                        "instantchat: connection lost ({e}); resuming after seq {}",
-                        since.unwrap_or(0)
-                    );
+                    match since {
+                        Some(seq) => eprintln!(
+                            "instantchat: connection lost ({e}); resuming after seq {seq}"
+                        ),
+                        None => eprintln!(
+                            "instantchat: connection lost ({e}); reconnecting (no event seen \
+                             yet to resume after: events sent meanwhile are not shown)"
+                        ),
+                    }
                     break;
                 }
             };
@@ -253,6 +332,7 @@ pub struct AdminArgs {
 
 /// Fetches `/admin/connections` and prints it as tables.
 pub async fn admin(args: AdminArgs) -> anyhow::Result<()> {
+    plain_http(&args.url)?;
     let url = format!("{}/admin/connections", args.url.trim_end_matches('/'));
     let response = reqwest::Client::new()
         .get(&url)
