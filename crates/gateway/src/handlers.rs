@@ -232,20 +232,13 @@ fn error_reply(hub: &Hub, s: &SocketRef, ack: AckSender, message: impl Into<Stri
     );
 }
 
-/// Counts the request against the socket's rate budget; answers `error` when over it.
-fn admit(hub: &Hub, s: &SocketRef, session: &SessionRef, ack: AckSender) -> Option<AckSender> {
-    let mut state = session.lock();
-    state.last_activity = Instant::now();
-    if state.requests.take() {
-        return Some(ack);
-    }
-    drop(state);
+/// Refuses a request over the socket's rate budget (it took no [`Turn`]); the socket stays.
+fn over_budget(hub: &Hub, s: &SocketRef, ack: AckSender) {
     hub.metrics
         .rate_limited
         .get_or_create(&Metrics::label("kind", "socket_request"))
         .inc();
     error_reply(hub, s, ack, "Too many requests; slow down");
-    None
 }
 
 async fn on_authenticate(
@@ -255,9 +248,8 @@ async fn on_authenticate(
     State(hub): State<Arc<Hub>>,
     turn: Turn,
 ) {
-    let session = turn.wait().await;
-    let Some(ack) = admit(&hub, &s, &session, ack) else {
-        return;
+    let Some(session) = turn.wait().await else {
+        return over_budget(&hub, &s, ack);
     };
     let ack = Some(ack);
     let data = data.unwrap_or(Value::Null);
@@ -427,9 +419,8 @@ async fn on_subscribe(
     State(hub): State<Arc<Hub>>,
     turn: Turn,
 ) {
-    let session = turn.wait().await;
-    let Some(ack) = admit(&hub, &s, &session, ack) else {
-        return;
+    let Some(session) = turn.wait().await else {
+        return over_budget(&hub, &s, ack);
     };
     let Some(identity) = session.lock().identity.clone() else {
         return error_reply(&hub, &s, ack, "Not authenticated");
@@ -655,9 +646,8 @@ async fn on_unsubscribe(
     State(hub): State<Arc<Hub>>,
     turn: Turn,
 ) {
-    let session = turn.wait().await;
-    let Some(ack) = admit(&hub, &s, &session, ack) else {
-        return;
+    let Some(session) = turn.wait().await else {
+        return over_budget(&hub, &s, ack);
     };
     let Some(identity) = session.lock().identity.clone() else {
         return error_reply(&hub, &s, ack, "Not authenticated");
@@ -685,9 +675,8 @@ async fn on_unsubscribe(
 }
 
 async fn on_connection_info(s: SocketRef, ack: AckSender, State(hub): State<Arc<Hub>>, turn: Turn) {
-    let session = turn.wait().await;
-    let Some(ack) = admit(&hub, &s, &session, ack) else {
-        return;
+    let Some(session) = turn.wait().await else {
+        return over_budget(&hub, &s, ack);
     };
     let subscriptions: Vec<String> = session.lock().event_types.iter().cloned().collect();
     reply(
@@ -699,9 +688,8 @@ async fn on_connection_info(s: SocketRef, ack: AckSender, State(hub): State<Arc<
 }
 
 async fn on_heartbeat(s: SocketRef, ack: AckSender, State(hub): State<Arc<Hub>>, turn: Turn) {
-    let session = turn.wait().await;
-    let Some(ack) = admit(&hub, &s, &session, ack) else {
-        return;
+    let Some(_turn) = turn.wait().await else {
+        return over_budget(&hub, &s, ack);
     };
     let server_time = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)

@@ -137,26 +137,32 @@ impl SessionRef {
 /// next request waits until the [`TurnGuard`] is dropped, as the seed's handlers run one by one.
 /// It must be a handler's last extractor: one after it could fail, and the handler with its
 /// turn would then never run.
+///
+/// The socket's rate budget is taken here too: a request over it gets no turn (and is refused
+/// at once), so a flood cannot queue up behind a slow request.
 #[derive(Debug)]
 pub struct Turn {
     session: SessionRef,
-    ticket: u64,
+    /// `None`: over the rate budget.
+    ticket: Option<u64>,
 }
 
 impl Turn {
-    /// Waits until every request that arrived before this one is done.
-    pub async fn wait(self) -> TurnGuard {
+    /// Waits until every request that arrived before this one is done. `None` when the request
+    /// is over the socket's rate budget: it has no turn and must be refused.
+    pub async fn wait(self) -> Option<TurnGuard> {
+        let ticket = self.ticket?;
         let shared = &self.session.0;
         loop {
             let notified = shared.turns.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.session.lock().serving == self.ticket {
+            if self.session.lock().serving == ticket {
                 break;
             }
             notified.await;
         }
-        TurnGuard(self.session)
+        Some(TurnGuard(self.session))
     }
 }
 
@@ -193,8 +199,12 @@ impl<A: Adapter> FromMessageParts<A> for Turn {
         let session = s.extensions.get::<SessionRef>().ok_or(NoSession)?;
         let ticket = {
             let mut state = session.lock();
-            state.next_turn += 1;
-            state.next_turn - 1
+            // Any client event counts as activity for the heartbeat timeout, refused or not.
+            state.last_activity = Instant::now();
+            state.requests.take().then(|| {
+                state.next_turn += 1;
+                state.next_turn - 1
+            })
         };
         Ok(Turn { session, ticket })
     }
