@@ -261,13 +261,7 @@ mod tests {
     fn an_audience_is_checked_only_when_configured() {
         let exp = in_a_minute();
         let with_aud = |aud: serde_json::Value| {
-            let claims = json!({ "userId": "u1", "accounts": ["a"], "exp": exp, "aud": aud });
-            encode(
-                &Header::default(),
-                &claims,
-                &EncodingKey::from_secret(CURRENT.as_bytes()),
-            )
-            .expect("token")
+            signed(json!({ "userId": "u1", "accounts": ["a"], "exp": exp, "aud": aud }))
         };
         let any = settings(&[]);
         let ours = settings(&["--jwt-audience", "instantchat, authenticated"]);
@@ -301,6 +295,16 @@ mod tests {
         )
         .expect("minted");
         assert_eq!(ok(&ours, &minted), Ok("u1".into()));
+    }
+
+    /// `claims` signed HS256 with [`CURRENT`].
+    fn signed(claims: serde_json::Value) -> String {
+        encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(CURRENT.as_bytes()),
+        )
+        .expect("token")
     }
 
     fn in_a_minute() -> u64 {
@@ -364,14 +368,6 @@ mod tests {
 
     #[test]
     fn the_user_falls_back_to_sub_and_the_scope_follows_account_access() {
-        let signed = |claims: serde_json::Value| {
-            encode(
-                &Header::default(),
-                &claims,
-                &EncodingKey::from_secret(CURRENT.as_bytes()),
-            )
-            .expect("token")
-        };
         let claim = settings(&[]);
         let all = settings(&["--account-access", "all"]);
         let exp = in_a_minute();
