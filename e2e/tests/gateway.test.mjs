@@ -340,6 +340,29 @@ test('a socket that closes while it authenticates gives its connection slot back
   closeAll(...held);
 });
 
+test('a socket that closes during the handshake gives its connection slot back', async () => {
+  // The Socket.IO CONNECT with a token, and the transport gone before the server's answer: the
+  // middleware has counted the socket, and socketioxide runs no disconnect handler for it.
+  const auth = JSON.stringify({ token: token({ userId: 'blink' }) });
+  for (let i = 0; i < 30; i++) {
+    const ws = new WebSocket(`${gw.url.replace('http', 'ws')}/socket.io/?EIO=4&transport=websocket`);
+    await within(5000, 'the engine.io open packet', new Promise((resolve, reject) => {
+      ws.on('message', (m) => {
+        if (String(m).startsWith('0')) {
+          ws.send(`40${auth}`);
+          ws.terminate();
+          resolve();
+        }
+      });
+      ws.on('error', reject);
+    }));
+  }
+  await sleep(300);
+  const held = [];
+  for (let i = 0; i < 3; i++) held.push(await authed(gw, { userId: 'blink' }));
+  closeAll(...held);
+});
+
 describe('engine.io heartbeat', () => {
   // The gateway pings every PING_INTERVAL_SECS; the client must answer within PING_TIMEOUT_SECS.
   let beat;

@@ -17,7 +17,7 @@ use socketioxide::handler::ConnectHandler;
 use crate::auth::{self, AccountScope, AuthError, Identity};
 use crate::hub::{EmitError, Hub, emit_event};
 use crate::metrics::Metrics;
-use crate::session::{SessionRef, Turn};
+use crate::session::{Counted, SessionRef, Turn};
 
 /// Most event types one `subscribe` may name.
 const MAX_EVENT_TYPES: usize = 32;
@@ -131,9 +131,12 @@ async fn handshake(
             Some(identity)
         }
     };
-    hub.metrics.connections.inc();
     let session = SessionRef::new(hub.settings.socket_rate);
-    session.lock().pending_since = pending_since;
+    {
+        let mut state = session.lock();
+        state.pending_since = pending_since;
+        state.counted = Some(Counted::connection(&hub));
+    }
     s.extensions.insert(session.clone());
     s.extensions.insert(crate::admin::ConnectedAt::now());
     s.on("authenticate", on_authenticate);
@@ -166,8 +169,8 @@ async fn handshake(
 async fn on_connect() {}
 
 /// Records a verified identity on the socket (first or renewed authentication). `counted`: the
-/// caller took one of the user's connection slots for it, which the disconnect handler gives
-/// back, or this function when the socket is already gone. False when it was.
+/// caller took one of the user's connection slots for it, which the session's [`Counted`] now
+/// holds, or this function gives back when the socket is already gone. False when it was.
 fn accept_identity(
     hub: &Arc<Hub>,
     s: &SocketRef,
@@ -179,17 +182,17 @@ fn accept_identity(
     let generation = {
         let mut state = session.lock();
         if state.gone {
+            // The disconnect handler already released what the socket counted: a slot taken
+            // for it now goes back at once.
             drop(state);
             if counted {
                 hub.release_user(&identity.user_id);
             }
             return false;
         }
-        if state.identity.is_none() {
-            hub.metrics.authenticated.inc();
-        }
-        if counted {
-            state.counted_user = Some(identity.user_id.clone());
+        // Until the disconnect handler takes it, the session holds what it counts.
+        if let Some(holder) = state.counted.as_mut().filter(|_| counted) {
+            holder.hold_user(identity.user_id.clone());
         }
         state.identity = Some(identity);
         state.auth_generation += 1;
@@ -703,26 +706,23 @@ async fn on_heartbeat(s: SocketRef, ack: AckSender, State(hub): State<Arc<Hub>>,
 }
 
 async fn on_disconnect(s: SocketRef, State(hub): State<Arc<Hub>>) {
-    hub.metrics.connections.dec();
     hub.expiries.forget(s.id);
     let Some(session) = s.extensions.get::<SessionRef>() else {
         return;
     };
-    let (user, interest, rooms) = {
+    let (counted, interest, rooms) = {
         let mut state = session.lock();
         state.gone = true;
         state.held.clear();
         (
-            state.counted_user.take(),
+            state.counted.take(),
             std::mem::replace(&mut state.interest, Interest::Accounts(Vec::new())),
             std::mem::take(&mut state.rooms),
         )
     };
     hub.move_rooms(&s, &session, &rooms, &[]);
-    if let Some(user) = user {
-        hub.metrics.authenticated.dec();
-        hub.release_user(&user);
-    }
+    // Releases the connection and the user's slot.
+    drop(counted);
     hub.swap_interest(&interest, &Interest::Accounts(Vec::new()), None);
 }
 

@@ -2,7 +2,7 @@
 //! keep its requests in order.
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Instant;
 
 use instantchat_broker::Interest;
@@ -13,6 +13,7 @@ use socketioxide::socket::Socket;
 use tokio::sync::Notify;
 
 use crate::auth::{AccountScope, Identity};
+use crate::hub::Hub;
 
 /// A token bucket: `rate` per second, up to `burst`.
 #[derive(Debug, Clone)]
@@ -64,8 +65,9 @@ pub struct Session {
     pub interest: Interest,
     pub last_activity: Instant,
     pub requests: TokenBucket,
-    /// Set when the socket counts towards its user's connection limit.
-    pub counted_user: Option<String>,
+    /// What the socket counts for on this gateway; taken (and so released) by the disconnect
+    /// handler, or released with the session.
+    pub counted: Option<Counted>,
     /// Highest seq emitted to this socket: nothing at or below it is sent again.
     pub last_seq: u64,
     /// While a resume replay runs, live events wait in `held` so the client sees seq order.
@@ -84,6 +86,49 @@ pub struct Session {
     next_turn: u64,
     /// The turn being served: requests before it are done.
     serving: u64,
+}
+
+/// What a socket counts for on its gateway: one open connection and, once authenticated, one of
+/// its user's connection slots, with the gauges that show them. Released exactly once, when
+/// dropped: by the disconnect handler, or with the session of a socket whose connect never
+/// completed (it closed during the handshake, after the middleware counted it, and socketioxide
+/// runs no disconnect handler for such a socket).
+#[derive(Debug)]
+pub struct Counted {
+    hub: Weak<Hub>,
+    user: Option<String>,
+}
+
+impl Counted {
+    /// Counts one open connection.
+    pub fn connection(hub: &Arc<Hub>) -> Self {
+        hub.metrics.connections.inc();
+        Counted {
+            hub: Arc::downgrade(hub),
+            user: None,
+        }
+    }
+
+    /// Holds `user`'s connection slot, taken with [`Hub::acquire_user`].
+    pub fn hold_user(&mut self, user: String) {
+        if let Some(hub) = self.hub.upgrade() {
+            hub.metrics.authenticated.inc();
+        }
+        self.user = Some(user);
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let Some(hub) = self.hub.upgrade() else {
+            return;
+        };
+        hub.metrics.connections.dec();
+        if let Some(user) = self.user.take() {
+            hub.metrics.authenticated.dec();
+            hub.release_user(&user);
+        }
+    }
 }
 
 /// Shared handle to a [`Session`], kept in the socket's extensions.
@@ -108,7 +153,7 @@ impl SessionRef {
             interest: Interest::Accounts(Vec::new()),
             last_activity: Instant::now(),
             requests: TokenBucket::new(rate),
-            counted_user: None,
+            counted: None,
             last_seq: 0,
             replaying: false,
             replay_floor: 0,
