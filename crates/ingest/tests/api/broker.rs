@@ -127,3 +127,20 @@ async fn a_deleted_stream_makes_ingest_unready_until_it_has_set_it_up_again() {
     assert_eq!(events.len(), 1);
     assert_eq!(app.stored(subjects::WEBHOOKS_STREAM).await, 1);
 }
+
+#[tokio::test]
+async fn a_post_that_finds_a_stream_gone_gets_503_and_its_retry_lands() {
+    let app = spawn_app().await;
+    let (body, signature) = fixture("f01_comments_dashboard_test.json");
+    app.js
+        .delete_stream(subjects::EVENTS_STREAM)
+        .await
+        .expect("deleted");
+    // The publish finds no stream (a server that lost its store): 503, so Meta retries.
+    let response = app.post_webhook(&body, Some(&signature)).await;
+    assert_eq!(response.status(), 503);
+    // Meanwhile ingest has set the streams up again: the retry is stored, once.
+    let (events, _) = receipt(app.post_webhook(&body, Some(&signature)).await).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(app.stored(subjects::EVENTS_STREAM).await, 1);
+}
