@@ -278,7 +278,9 @@
   // `instantchat dev` offers its token to pages on this machine; `serve` does not.
   async function loadDevConfig() {
     try {
-      const res = await fetch('/console/config.json', { cache: 'no-store' });
+      // The key from the link `instantchat dev` printed (`/#k=KEY`): the token goes only there.
+      const key = new URLSearchParams(location.hash.slice(1)).get('k') ?? '';
+      const res = await fetch(`/console/config.json?k=${encodeURIComponent(key)}`, { cache: 'no-store' });
       if (!res.ok) throw new Error(`HTTP ${res.status}`);
       const config = await res.json();
       if (config.token && !ui.token.value) {

@@ -75,7 +75,10 @@ const cells = async (text) => (await row(text).locator('td').allInnerTexts()).ma
 const stateIs = (state) => page.waitForFunction((s) => document.getElementById('state').dataset.state === s, state, { timeout: WAIT });
 
 test('the console authenticates with the dev token, subscribes and shows events as they arrive', async () => {
-  const res = await page.goto(`${base}/`);
+  // The link the banner prints, with the key that makes the page prefilled.
+  const link = printed.match(/^\s*console:\s+(\S+)/m)[1];
+  assert.match(link, /^http:\/\/127\.0\.0\.1:\d+\/#k=[0-9a-f]{32}$/);
+  const res = await page.goto(link);
   assert.equal(res.status(), 200);
   assert.equal(await page.title(), 'InstantChat live event console');
   await page.waitForFunction(() => document.getElementById('token').value.length > 0, null, { timeout: WAIT });

@@ -5,8 +5,8 @@
 //! of them, so nothing is read from disk at run time.
 //!
 //! Routes: `/` (the page), `/console/app.js`, `/console/style.css`, `/console/socket.io.min.js`,
-//! and in `dev` mode `/console/config.json`, which hands the dev token to pages loaded from this
-//! machine (loopback peers only) so the token field comes prefilled.
+//! and in `dev` mode `/console/config.json`, which hands the dev token to the page opened from the
+//! link `dev` prints (it carries a key) on this machine, so the token field comes prefilled.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,11 +32,13 @@ const SOCKET_IO_JS: &[u8] = embedded!("socket.io.min.js");
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
                    connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
-/// What `dev` offers the console: a token and its user.
+/// What `dev` offers the console: a token and its user, to whoever has the key.
 #[derive(Debug, Clone)]
 pub struct DevLogin {
     pub token: String,
     pub user_id: String,
+    /// In the fragment of the console link `dev` prints (`/#k=KEY`); the page sends it back.
+    pub key: String,
 }
 
 /// The console's routes. With `dev_login`, `/console/config.json` serves it to loopback peers.
@@ -62,11 +64,12 @@ pub fn router(dev_login: Option<DevLogin>) -> Router {
         serde_json::json!({ "token": login.token, "userId": login.user_id, "mode": "dev" })
             .to_string()
             .into();
+    let key: Arc<str> = login.key.into();
     router.route(
         "/console/config.json",
         get(move |request: Request| {
-            let config = config.clone();
-            async move { dev_config(&config, &request) }
+            let (config, key) = (config.clone(), key.clone());
+            async move { dev_config(&config, &key, &request) }
         }),
     )
 }
@@ -97,41 +100,29 @@ fn asset(content_type: &'static str, body: &'static [u8]) -> Response {
         .into_response()
 }
 
-/// Headers a proxy or tunnel adds: a request carrying one came from elsewhere through this machine.
-const FORWARDED: [&str; 5] = [
-    "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-real-ip",
-    "cf-connecting-ip",
-];
-
-/// The dev token, only to a page on this machine: `dev --bind 0.0.0.0` must not hand a token for
-/// every account to the network, nor a tunnel to localhost (ngrok, cloudflared, as used to let
-/// Meta reach a dev webhook) to the internet. So: a loopback peer, a loopback `Host` (which also
-/// stops DNS rebinding), and no proxy's forwarding headers.
-fn dev_config(config: &str, request: &Request) -> Response {
+/// The dev token, only to the page opened from the link `dev` printed, on this machine. The key
+/// in that link is what a tunnel to localhost (ngrok, cloudflared, `ssh -R`: as used to let Meta
+/// reach a dev webhook) or a page of another site (DNS rebinding) does not have; the loopback
+/// check keeps `dev --bind 0.0.0.0` from offering it to the network at all.
+fn dev_config(config: &str, key: &str, request: &Request) -> Response {
+    use subtle::ConstantTimeEq;
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
-    let host = request
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.parse::<axum::http::uri::Authority>().ok());
-    let local_host = host.is_some_and(|h| {
-        let name = h.host().trim_start_matches('[').trim_end_matches(']');
-        name.eq_ignore_ascii_case("localhost")
-            || name
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback())
-    });
-    let forwarded = FORWARDED.iter().any(|h| request.headers().contains_key(*h));
-    if !peer.is_some_and(|p| p.ip().is_loopback()) || !local_host || forwarded {
+    let local = peer.is_some_and(|p| p.ip().to_canonical().is_loopback());
+    let given = request
+        .uri()
+        .query()
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|pair| pair.strip_prefix("k="))
+        .unwrap_or_default();
+    let keyed = bool::from(given.as_bytes().ct_eq(key.as_bytes()));
+    if !local || !keyed {
         return (
             StatusCode::NOT_FOUND,
-            "the dev token is offered on loopback only",
+            "the dev token goes to the console link `instantchat dev` printed, on this machine only",
         )
             .into_response();
     }
@@ -168,6 +159,7 @@ mod tests {
         let login = DevLogin {
             token: "t.o.k".into(),
             user_id: "dev_user".into(),
+            key: "k3y".into(),
         };
         let dev = serve(router(Some(login))).await;
         let serve_mode = serve(router(None)).await;
@@ -203,7 +195,7 @@ mod tests {
         assert!(bundle.contains("Socket.IO"), "the socket.io-client bundle");
 
         let config: serde_json::Value = http
-            .get(format!("{dev}/console/config.json"))
+            .get(format!("{dev}/console/config.json?k=k3y"))
             .send()
             .await
             .unwrap()
@@ -212,8 +204,16 @@ mod tests {
             .unwrap();
         assert_eq!(config["token"], "t.o.k");
         assert_eq!(config["userId"], "dev_user");
+        for without in ["", "?k=", "?k=wrong"] {
+            let refused = http
+                .get(format!("{dev}/console/config.json{without}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(refused.status(), 404, "{without:?}");
+        }
         let none = http
-            .get(format!("{serve_mode}/console/config.json"))
+            .get(format!("{serve_mode}/console/config.json?k=k3y"))
             .send()
             .await
             .unwrap();
@@ -221,46 +221,36 @@ mod tests {
     }
 
     #[test]
-    fn the_dev_token_is_refused_without_a_loopback_peer() {
-        let mut request = Request::new(axum::body::Body::empty());
-        request
-            .headers_mut()
-            .insert(header::HOST, "127.0.0.1:3000".parse().unwrap());
-        assert_eq!(dev_config("{}", &request).status(), StatusCode::NOT_FOUND);
-        request
-            .extensions_mut()
-            .insert(ConnectInfo(SocketAddr::from(([192, 168, 1, 9], 5000))));
-        assert_eq!(dev_config("{}", &request).status(), StatusCode::NOT_FOUND);
-        request
-            .extensions_mut()
-            .insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 5000))));
-        assert_eq!(dev_config("{}", &request).status(), StatusCode::OK);
-    }
-
-    #[test]
-    fn the_dev_token_is_refused_through_a_tunnel_or_to_another_host_name() {
-        let request = |host: &str, forwarded: Option<(&'static str, &str)>| {
-            let mut r = Request::new(axum::body::Body::empty());
-            r.extensions_mut()
-                .insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 5000))));
-            r.headers_mut().insert(header::HOST, host.parse().unwrap());
-            if let Some((name, value)) = forwarded {
-                r.headers_mut().insert(name, value.parse().unwrap());
+    fn the_dev_token_needs_a_loopback_peer_and_the_key() {
+        let status = |peer: Option<SocketAddr>, uri: &str| {
+            let mut request = Request::new(axum::body::Body::empty());
+            *request.uri_mut() = uri.parse().unwrap();
+            if let Some(peer) = peer {
+                request.extensions_mut().insert(ConnectInfo(peer));
             }
-            dev_config("{}", &r).status()
+            dev_config("{}", "k3y", &request).status()
         };
-        for host in ["localhost:3000", "127.0.0.1", "[::1]:3000", "LOCALHOST"] {
-            assert_eq!(request(host, None), StatusCode::OK, "{host}");
-        }
-        // ngrok and cloudflared pass the public name and add forwarding headers.
-        assert_eq!(request("abc.ngrok-free.app", None), StatusCode::NOT_FOUND);
-        assert_eq!(request("evil.example:3000", None), StatusCode::NOT_FOUND);
-        for header in FORWARDED {
-            assert_eq!(
-                request("localhost:3000", Some((header, "203.0.113.9"))),
-                StatusCode::NOT_FOUND,
-                "{header}"
-            );
+        let key = "/console/config.json?k=k3y";
+        let local = SocketAddr::from(([127, 0, 0, 1], 5000));
+        assert_eq!(status(Some(local), key), StatusCode::OK);
+        // IPv6 loopback, and 127.0.0.1 seen through a dual-stack socket (`--bind ::`).
+        assert_eq!(
+            status(Some("[::1]:5000".parse().unwrap()), key),
+            StatusCode::OK
+        );
+        let mapped = "[::ffff:127.0.0.1]:5000".parse().unwrap();
+        assert_eq!(status(Some(mapped), key), StatusCode::OK);
+        // Another machine, or no peer at all, even with the key.
+        let lan = SocketAddr::from(([192, 168, 1, 9], 5000));
+        assert_eq!(status(Some(lan), key), StatusCode::NOT_FOUND);
+        assert_eq!(status(None, key), StatusCode::NOT_FOUND);
+        // This machine (or a tunnel to it) without the key from the printed link.
+        for uri in [
+            "/console/config.json",
+            "/console/config.json?k=",
+            "/console/config.json?k=k3",
+        ] {
+            assert_eq!(status(Some(local), uri), StatusCode::NOT_FOUND, "{uri}");
         }
     }
 }

@@ -159,6 +159,7 @@ fn dev_login(args: &SingleArgs) -> anyhow::Result<Option<DevLogin>> {
     Ok(Some(DevLogin {
         token,
         user_id: "dev_user".to_owned(),
+        key: random_hex(16)?,
     }))
 }
 
@@ -178,7 +179,13 @@ fn print_banner(
     };
     println!("InstantChat is running on {base} ({bus})");
     println!();
-    println!("  console:    {base}/             (live events in the browser, dev token prefilled)");
+    match login {
+        Some(login) => println!(
+            "  console:    {base}/#k={}   (live events in the browser, dev token prefilled)",
+            login.key
+        ),
+        None => println!("  console:    {base}/             (live events in the browser)"),
+    }
     println!("  Socket.IO:  {base}/socket.io    webhooks: {base}/api/webhooks/instagram");
     println!("  health:     {base}/healthz      metrics:  {base}/metrics");
     if !generated.is_empty() {
@@ -210,7 +217,8 @@ fn print_banner(
     }
     println!();
     println!("Next, in another terminal (with the exports above):");
-    println!("  cargo run --release -p instantchat -- tail &");
+    println!("  cargo run --release -p instantchat -- tail");
+    println!("and in a third:");
     println!("  cargo run --release -p instantchat -- send --type comments --text 'Hello'");
     println!();
     // Tools that drive `dev` read these lines; flush so a pipe sees them at once.
