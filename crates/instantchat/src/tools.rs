@@ -228,10 +228,25 @@ pub async fn tail(args: TailArgs) -> anyhow::Result<()> {
         }
         let reply = client
             .emit_with_ack("subscribe", &request, Duration::from_secs(10))
-            .await?;
-        if let Some(message) = reply.get("message").and_then(|m| m.as_str()) {
-            bail!("subscribe refused: {message}");
-        }
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(
+                |reply| match reply.get("message").and_then(|m| m.as_str()) {
+                    Some(message) => Err(format!("subscribe refused: {message}")),
+                    None => Ok(reply),
+                },
+            );
+        let reply = match reply {
+            Ok(reply) => reply,
+            // The first time, a refusal is the user's to fix (a bad type or account).
+            Err(problem) if attempt == 0 => bail!("{problem}"),
+            // After a lost connection it is passing (the broker unreachable a moment): retry.
+            Err(problem) => {
+                eprintln!("instantchat: {problem}; retrying in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
         if attempt == 0 {
             eprintln!(
                 "instantchat: subscribed to {}; waiting for events (Ctrl-C to stop)",
@@ -241,21 +256,24 @@ pub async fn tail(args: TailArgs) -> anyhow::Result<()> {
         attempt += 1;
         let mut next_beat = tokio::time::Instant::now() + heartbeat;
         loop {
-            let wait = next_beat.saturating_duration_since(tokio::time::Instant::now());
-            let next = match client.next_event(wait).await {
-                // Time for a heartbeat: it keeps the socket alive and proves the connection.
-                Err(SioError::Timeout(..)) => {
-                    next_beat = tokio::time::Instant::now() + heartbeat;
-                    let beat = json!({ "timestamp": 0, "clientId": "instantchat-tail" });
-                    match client
-                        .emit_with_ack("heartbeat", &beat, Duration::from_secs(10))
-                        .await
-                    {
-                        Ok(_) => continue,
-                        Err(e) => Err(e),
-                    }
+            // Time for a heartbeat, events or not: it keeps the socket alive and proves the
+            // connection.
+            let now = tokio::time::Instant::now();
+            let next = if now >= next_beat {
+                next_beat = now + heartbeat;
+                let beat = json!({ "timestamp": 0, "clientId": "instantchat-tail" });
+                match client
+                    .emit_with_ack("heartbeat", &beat, Duration::from_secs(10))
+                    .await
+                {
+                    Ok(_) => continue,
+                    Err(e) => Err(e),
                 }
-                other => other,
+            } else {
+                match client.next_event(next_beat - now).await {
+                    Err(SioError::Timeout(..)) => continue,
+                    other => other,
+                }
             };
             let (name, data) = match next {
                 Ok(event) => event,
