@@ -135,7 +135,7 @@ async fn handshake(
     {
         let mut state = session.lock();
         state.pending_since = pending_since;
-        state.counted = Some(Counted::connection(&hub));
+        state.counted = Some(Counted::connection(&hub, s.id));
     }
     s.extensions.insert(session.clone());
     s.extensions.insert(crate::admin::ConnectedAt::now());
@@ -706,7 +706,6 @@ async fn on_heartbeat(s: SocketRef, ack: AckSender, State(hub): State<Arc<Hub>>,
 }
 
 async fn on_disconnect(s: SocketRef, State(hub): State<Arc<Hub>>) {
-    hub.expiries.forget(s.id);
     let Some(session) = s.extensions.get::<SessionRef>() else {
         return;
     };
@@ -721,7 +720,7 @@ async fn on_disconnect(s: SocketRef, State(hub): State<Arc<Hub>>) {
         )
     };
     hub.move_rooms(&s, &session, &rooms, &[]);
-    // Releases the connection and the user's slot.
+    // Releases the connection, the user's slot and the expiry timer.
     drop(counted);
     hub.swap_interest(&interest, &Interest::Accounts(Vec::new()), None);
 }

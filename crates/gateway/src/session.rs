@@ -9,7 +9,7 @@ use instantchat_broker::Interest;
 use serde_json::value::RawValue;
 use socketioxide::adapter::Adapter;
 use socketioxide::handler::{FromMessageParts, Value};
-use socketioxide::socket::Socket;
+use socketioxide::socket::{Sid, Socket};
 use tokio::sync::Notify;
 
 use crate::auth::{AccountScope, Identity};
@@ -89,22 +89,24 @@ pub struct Session {
 }
 
 /// What a socket counts for on its gateway: one open connection and, once authenticated, one of
-/// its user's connection slots, with the gauges that show them. Released exactly once, when
-/// dropped: by the disconnect handler, or with the session of a socket whose connect never
-/// completed (it closed during the handshake, after the middleware counted it, and socketioxide
-/// runs no disconnect handler for such a socket).
+/// its user's connection slots (with the gauges that show them) and its token's expiry timer.
+/// Released exactly once, when dropped: by the disconnect handler, or with the session of a
+/// socket whose connect never completed (it closed during the handshake, after the middleware
+/// counted it, and socketioxide runs no disconnect handler for such a socket).
 #[derive(Debug)]
 pub struct Counted {
     hub: Weak<Hub>,
+    sid: Sid,
     user: Option<String>,
 }
 
 impl Counted {
-    /// Counts one open connection.
-    pub fn connection(hub: &Arc<Hub>) -> Self {
+    /// Counts one open connection, of socket `sid`.
+    pub fn connection(hub: &Arc<Hub>, sid: Sid) -> Self {
         hub.metrics.connections.inc();
         Counted {
             hub: Arc::downgrade(hub),
+            sid,
             user: None,
         }
     }
@@ -123,6 +125,7 @@ impl Drop for Counted {
         let Some(hub) = self.hub.upgrade() else {
             return;
         };
+        hub.expiries.forget(self.sid);
         hub.metrics.connections.dec();
         if let Some(user) = self.user.take() {
             hub.metrics.authenticated.dec();
