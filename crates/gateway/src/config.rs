@@ -172,6 +172,17 @@ impl std::fmt::Debug for GatewaySettings {
 #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
 pub struct ConfigError(pub Vec<String>);
 
+/// The audiences a `JWT_AUDIENCE` value names (comma-separated); `None` when it names none.
+pub fn audiences(list: &str) -> Option<Vec<String>> {
+    let audiences: Vec<String> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(str::to_owned)
+        .collect();
+    (!audiences.is_empty()).then_some(audiences)
+}
+
 impl GatewayOptions {
     /// Validates every option and reports all problems at once.
     pub fn settings(&self) -> Result<GatewaySettings, ConfigError> {
@@ -323,15 +334,7 @@ impl GatewayOptions {
                 jwt_key,
                 jwt_previous_key,
                 jwt_algorithm,
-                jwt_audience: self.jwt_audience.as_deref().and_then(|list| {
-                    let audiences: Vec<String> = list
-                        .split(',')
-                        .map(str::trim)
-                        .filter(|a| !a.is_empty())
-                        .map(str::to_owned)
-                        .collect();
-                    (!audiences.is_empty()).then_some(audiences)
-                }),
+                jwt_audience: self.jwt_audience.as_deref().and_then(audiences),
                 allowed_origins,
                 account_access,
                 auth_timeout: Duration::from_secs(self.auth_timeout_secs),

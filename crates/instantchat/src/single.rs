@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use instantchat_broker::{EventBus, MemoryBus, NatsBus, Retention};
 use instantchat_gateway::auth::mint_token_for;
 use instantchat_gateway::config::ConfigError;
+use instantchat_gateway::config::audiences;
 use instantchat_gateway::{Gateway, GatewayOptions};
 use instantchat_ingest::config::webhook_settings;
 use instantchat_ingest::{IngestState, webhook_router};
@@ -144,17 +145,16 @@ fn dev_login(args: &SingleArgs) -> anyhow::Result<Option<DevLogin>> {
         return Ok(None);
     };
     // A token the gateway takes: with its first audience when JWT_AUDIENCE names some.
-    let audience = args
-        .gateway
-        .jwt_audience
-        .as_deref()
-        .and_then(|list| list.split(',').map(str::trim).find(|a| !a.is_empty()));
+    let audiences = args.gateway.jwt_audience.as_deref().and_then(audiences);
     let token = mint_token_for(
         jwt_secret,
         "dev_user",
         &["*".to_owned()],
         Duration::from_secs(24 * 3600),
-        audience,
+        audiences
+            .as_ref()
+            .and_then(|a| a.first())
+            .map(String::as_str),
     )?;
     Ok(Some(DevLogin {
         token,

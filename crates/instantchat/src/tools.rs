@@ -42,10 +42,10 @@ pub fn token(args: TokenArgs) -> anyhow::Result<()> {
     if accounts.is_empty() {
         bail!("--accounts needs at least one account id, or `*`");
     }
-    let audience = args
+    let audiences = args
         .audience
         .as_deref()
-        .and_then(|list| list.split(',').map(str::trim).find(|a| !a.is_empty()));
+        .and_then(instantchat_gateway::config::audiences);
     println!(
         "{}",
         instantchat_gateway::auth::mint_token_for(
@@ -53,7 +53,10 @@ pub fn token(args: TokenArgs) -> anyhow::Result<()> {
             &args.user,
             &accounts,
             args.ttl,
-            audience
+            audiences
+                .as_ref()
+                .and_then(|a| a.first())
+                .map(String::as_str),
         )?
     );
     Ok(())
