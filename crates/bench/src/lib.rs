@@ -14,12 +14,15 @@
 //! - [`hist`]: HDR latency histograms and how workers send them to the coordinator.
 //! - [`scenarios`]: `fanout`, `latency`, `idle`, `scale-out`, `storm`; each writes a summary
 //!   table to stdout and JSON to `--out`.
+//! - [`floor`]: the machine's own loopback TCP latency for a fan-out of a given shape, with no
+//!   InstantChat in the path: the reference `latency` is read against.
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 
+pub mod floor;
 pub mod hist;
 pub mod mix;
 pub mod monitor;
@@ -64,9 +67,16 @@ pub enum Scenario {
     /// events keep flowing; every client resumes with `since`: time until all are back,
     /// completeness.
     Storm(StormArgs),
+    /// No InstantChat at all: one lean sender writes a frame to each of N loopback TCP sockets
+    /// per event, at a fixed rate; receiver processes read them. The machine's own latency for
+    /// the fan-out `latency` measures, and so the floor of its figures.
+    Floor(FloorArgs),
     /// Internal: one worker process of clients, driven over stdin/stdout.
     #[command(hide = true)]
     Worker,
+    /// Internal: one receiver process of `floor`.
+    #[command(hide = true)]
+    FloorReceiver(FloorReceiverArgs),
 }
 
 /// Settings of every scenario.
@@ -266,6 +276,53 @@ pub struct StormArgs {
     pub common: Common,
 }
 
+#[derive(Debug, Clone, clap::Args, Serialize)]
+pub struct FloorArgs {
+    /// Sockets; every event is written to each.
+    #[arg(long, default_value_t = 1000)]
+    pub clients: usize,
+    /// Events per second.
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
+    /// Seconds of sending.
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+    /// Bytes written per socket and event (a `webhook_event` of the bench's webhooks is about
+    /// 280 on the wire: Socket.IO packet and WebSocket header included).
+    #[arg(long, default_value_t = 280)]
+    pub frame_bytes: usize,
+    /// Sender threads, each writing to its share of the sockets.
+    #[arg(long, default_value_t = 1)]
+    pub senders: usize,
+    /// Receiver processes, each reading its share of the sockets in one poll loop.
+    #[arg(long, default_value_t = 2)]
+    pub receivers: usize,
+    /// Write the results as JSON to this file.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Hard bound of the whole run in seconds.
+    #[arg(long, default_value_t = 120)]
+    pub max_seconds: u64,
+    /// Before starting, wait up to this many seconds for the machine to be quiet; 0: at once.
+    #[arg(long, default_value_t = 0)]
+    pub wait_quiet: u64,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct FloorReceiverArgs {
+    #[arg(long)]
+    pub port: u16,
+    #[arg(long)]
+    pub clients: usize,
+    /// Frames each socket must get.
+    #[arg(long)]
+    pub events: u64,
+    #[arg(long)]
+    pub frame_bytes: usize,
+    #[arg(long)]
+    pub max_seconds: u64,
+}
+
 fn parse_kv(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.trim().to_owned(), v.to_owned()))
@@ -291,6 +348,8 @@ pub fn main() -> std::process::ExitCode {
             Scenario::Idle(a) => scenarios::idle(a).await,
             Scenario::ScaleOut(a) => scenarios::scale_out(a).await,
             Scenario::Storm(a) => scenarios::storm(a).await,
+            Scenario::Floor(a) => floor::floor(a).await,
+            Scenario::FloorReceiver(a) => floor::floor_receiver(a).await,
         }
     });
     // Worker tasks may still be parked on stdin; do not wait for them.

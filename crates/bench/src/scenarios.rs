@@ -75,7 +75,7 @@ struct Run {
     targets: Vec<Target>,
 }
 
-fn command_line() -> String {
+pub(crate) fn command_line() -> String {
     let mut args: Vec<String> = std::env::args().collect();
     if let Some(first) = args.first_mut() {
         *first = "instantchat-bench".into();
@@ -533,7 +533,7 @@ impl Run {
 
 /// Waits (up to `max_secs`) until the machine's busy cores stay under 0.3 for 3 s in a row;
 /// says what it saw.
-async fn wait_quiet(max_secs: u64) -> String {
+pub(crate) async fn wait_quiet(max_secs: u64) -> String {
     let started = Instant::now();
     let mut quiet_for = 0;
     let mut prev = procfs::machine_cpu();

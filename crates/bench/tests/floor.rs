@@ -1,0 +1,56 @@
+//! `instantchat-bench floor` end to end: a sender, two receiver processes, real loopback
+//! sockets; every frame arrives once and is timed.
+
+use std::process::Command;
+use std::time::Duration;
+
+#[test]
+fn floor_delivers_every_frame_and_reports_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("floor.json");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_instantchat-bench"))
+        .args([
+            "floor",
+            "--clients",
+            "20",
+            "--rate",
+            "50",
+            "--duration",
+            "1",
+        ])
+        .args(["--receivers", "2", "--senders", "2", "--max-seconds", "30"])
+        .arg("--out")
+        .arg(&out)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "floor did not end");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "floor failed: {status}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let r = &report["result"];
+    assert_eq!(r["events"], 50);
+    assert_eq!(r["delivery"]["frames"], 1000);
+    assert_eq!(r["delivery"]["expected"], 1000);
+    assert_eq!(r["delivery"]["short_sockets"], 0);
+    assert_eq!(r["delivery"]["complete"], true);
+    assert_eq!(r["latency"]["count"], 1000);
+    assert!(r["latency"]["p99_ms"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn floor_refuses_more_sockets_than_one_process_may_hold() {
+    let out = Command::new(env!("CARGO_BIN_EXE_instantchat-bench"))
+        .args(["floor", "--clients", "25000"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("19000 or fewer"), "{err}");
+}
