@@ -291,8 +291,9 @@ pub struct FloorArgs {
     /// 280 on the wire: Socket.IO packet and WebSocket header included).
     #[arg(long, default_value_t = 280)]
     pub frame_bytes: usize,
-    /// Sender threads, each writing to its share of the sockets.
-    #[arg(long, default_value_t = 1)]
+    /// Sender threads, each writing to its share of the sockets (2: as many as the gateway's
+    /// runtime has on this machine).
+    #[arg(long, default_value_t = 2)]
     pub senders: usize,
     /// Receiver processes, each reading its share of the sockets in one poll loop.
     #[arg(long, default_value_t = 2)]
