@@ -6,10 +6,13 @@
 //! plain blocking `TcpStream`s with `TCP_NODELAY`, split over `--senders` threads; every event
 //! is one `write` of `--frame-bytes` to each socket, and events that fell due together (the
 //! sender was behind) go out in one `write`. The receivers are `--receivers` processes of the
-//! hidden `floor-receiver` command, one `mio` poll loop each, which only read. Each frame
-//! starts with the time its event fell due (Unix µs), so the latency is the same as
-//! `latency`'s, from the event's start to its read, the sender's own queueing included, here
-//! without the POST, NATS and the gateway's code. The sender closes
+//! hidden `floor-receiver` command, one `mio` poll loop each, which only read (and, as tokio
+//! does, take a short read to mean the socket is empty). Each frame starts with two times
+//! (Unix µs): when its event fell due, and when the write that carries it began. From the due
+//! time is the figure to read `latency` against: the sender stands for the gateway, and its
+//! falling behind stands for the gateway's queue, which `latency` counts (its clock starts as
+//! the POST is sent; the bench's own lag before that is left out). From the write is the
+//! lower bound with the sender's queueing left out. The sender closes
 //! every socket after the last event; a receiver ends when all of its sockets are closed,
 //! checks that each got every frame, and prints its histogram as one JSON line.
 
@@ -39,7 +42,10 @@ struct ReceiverReport {
     expected: u64,
     /// Sockets that did not get exactly the expected frames.
     short_sockets: u64,
+    /// Latency from the event's due time.
     buckets: Buckets,
+    /// Latency from the start of the write that carried it.
+    write_buckets: Buckets,
 }
 
 /// `floor`: see the module docs.
@@ -47,8 +53,8 @@ pub async fn floor(a: FloorArgs) -> anyhow::Result<()> {
     if a.clients == 0 || a.receivers == 0 || a.senders == 0 {
         bail!("--clients, --receivers and --senders must be at least 1");
     }
-    if a.frame_bytes < 8 {
-        bail!("--frame-bytes must be at least 8 (the send time)");
+    if a.frame_bytes < 16 {
+        bail!("--frame-bytes must be at least 16 (the frame's two times)");
     }
     if a.clients > 19_000 {
         bail!(
@@ -63,6 +69,9 @@ pub async fn floor(a: FloorArgs) -> anyhow::Result<()> {
 
 fn run(a: FloorArgs, quiet: String) -> anyhow::Result<()> {
     let t0 = Instant::now();
+    let started_at = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
     let deadline = t0 + Duration::from_secs(a.max_seconds);
     let machine = Machine::probe(std::path::Path::new("nats-server"));
     let load_start = procfs::loadavg();
@@ -94,19 +103,21 @@ fn run(a: FloorArgs, quiet: String) -> anyhow::Result<()> {
         let _ = child.kill();
         let _ = child.wait();
     }
-    let (sent, lag_us, cpu, reports) = result?;
+    let (sent, lag_us, cpu, reports, secs) = result?;
 
     let mut merged = hist::new_hist();
+    let mut merged_write = hist::new_hist();
     let (mut frames, mut expected, mut short) = (0, 0, 0);
     for r in &reports {
         hist::add_buckets(&mut merged, &r.buckets);
+        hist::add_buckets(&mut merged_write, &r.write_buckets);
         frames += r.frames;
         expected += r.expected;
         short += r.short_sockets;
     }
     let latency = hist::summarize(&merged);
+    let from_write = hist::summarize(&merged_write);
     let complete = frames == expected && short == 0 && reports.len() == a.receivers;
-    let secs = a.duration as f64;
     let rows: Vec<(&str, String)> = vec![
         ("machine before start", quiet),
         (
@@ -132,6 +143,18 @@ fn run(a: FloorArgs, quiet: String) -> anyhow::Result<()> {
                 latency.p999_ms,
                 latency.max_ms,
                 int(latency.count)
+            ),
+        ),
+        (
+            "latency (write -> read)",
+            format!(
+                "p50 {:.2} ms, p90 {:.2}, p99 {:.2}, p99.9 {:.2}, max {:.2} (the sender's own \
+                 lag left out)",
+                from_write.p50_ms,
+                from_write.p90_ms,
+                from_write.p99_ms,
+                from_write.p999_ms,
+                from_write.max_ms,
             ),
         ),
         (
@@ -187,9 +210,7 @@ fn run(a: FloorArgs, quiet: String) -> anyhow::Result<()> {
         let report = json!({
             "scenario": "floor",
             "command": command_line(),
-            "started_at": time::OffsetDateTime::now_utc()
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default(),
+            "started_at": started_at,
             "wall_secs": round2(t0.elapsed().as_secs_f64()),
             "machine": machine,
             "load_avg_start": load_start,
@@ -209,6 +230,7 @@ fn run(a: FloorArgs, quiet: String) -> anyhow::Result<()> {
                     "machine_busy_cores": round2(cpu.machine),
                 },
                 "latency": latency,
+                "latency_from_write": from_write,
                 "delivery": {
                     "frames": frames,
                     "expected": expected,
@@ -234,7 +256,8 @@ struct Cpu {
     machine: f64,
 }
 
-type Driven = (u64, u64, Cpu, Vec<ReceiverReport>);
+/// Events sent, the sender's worst lag (µs), CPU, the receivers' reports, seconds of sending.
+type Driven = (u64, u64, Cpu, Vec<ReceiverReport>, f64);
 
 /// Accepts every receiver's sockets, sends, closes them and collects the reports.
 fn drive(
@@ -296,15 +319,12 @@ fn drive(
             .map(|s| s.cpu_s)
             .sum::<f64>()
     };
-    let (s0, r0, m0) = (
-        cpu_of(&[std::process::id()]),
-        cpu_of(&pids),
-        procfs::machine_cpu(),
-    );
     let started = Instant::now();
     let sent = Arc::new(AtomicU64::new(0));
     let lag = Arc::new(AtomicU64::new(0));
     let start = started + Duration::from_millis(200);
+    // The same clock for every thread: event n falls due at unix_start + n / rate.
+    let unix_start = now_us() + start.saturating_duration_since(Instant::now()).as_micros() as u64;
     let per = a.clients.div_ceil(a.senders);
     let shards = a.clients.div_ceil(per) as u64;
     let mut threads = Vec::new();
@@ -314,9 +334,24 @@ fn drive(
         let shard = std::mem::replace(&mut rest, tail);
         let (sent, lag, rate, frame) = (sent.clone(), lag.clone(), a.rate, a.frame_bytes);
         threads.push(std::thread::spawn(move || {
-            send(shard, events, rate, frame, start, deadline, &sent, &lag)
+            send(
+                shard,
+                events,
+                rate,
+                frame,
+                (start, unix_start),
+                deadline,
+                &sent,
+                &lag,
+            )
         }));
     }
+    std::thread::sleep(start.saturating_duration_since(Instant::now()));
+    let (s0, r0, m0) = (
+        cpu_of(&[std::process::id()]),
+        cpu_of(&pids),
+        procfs::machine_cpu(),
+    );
     let progress_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let progress = {
         let (stop, sent) = (progress_stop.clone(), sent.clone());
@@ -341,7 +376,7 @@ fn drive(
             Err(_) => failure = Some(anyhow::anyhow!("a sender thread panicked")),
         }
     }
-    let send_secs = started.elapsed().as_secs_f64().max(1e-9);
+    let send_secs = start.elapsed().as_secs_f64().max(1e-9);
     let (s1, r1, m1) = (
         cpu_of(&[std::process::id()]),
         cpu_of(&pids),
@@ -375,6 +410,7 @@ fn drive(
         lag.load(Ordering::Relaxed),
         cpu,
         reports,
+        send_secs,
     ))
 }
 
@@ -386,15 +422,15 @@ fn send(
     events: u64,
     rate: f64,
     frame: usize,
-    start: Instant,
+    (start, unix_start): (Instant, u64),
     deadline: Instant,
     sent: &AtomicU64,
     lag: &AtomicU64,
 ) -> anyhow::Result<()> {
     let due = |n: u64| start + Duration::from_secs_f64(n as f64 / rate.max(0.001));
-    // An event's time is when it fell due, as if it had reached a server then: a sender that
-    // falls behind adds its lag to the latency, as a gateway's queue would.
-    let unix_start = now_us() + start.saturating_duration_since(Instant::now()).as_micros() as u64;
+    // Each frame carries two times. When its event fell due, as if it had reached a server
+    // then: a sender that falls behind adds its lag, as a gateway's queue would. And when the
+    // write that carries it began, which leaves the sender's lag out.
     let stamp = |n: u64| unix_start + (n as f64 * 1e6 / rate.max(0.001)) as u64;
     let mut buf = Vec::new();
     let mut next = 0;
@@ -410,15 +446,19 @@ fn send(
         }
         lag.fetch_max(now.duration_since(at).as_micros() as u64, Ordering::Relaxed);
         buf.clear();
+        let written = now_us().to_le_bytes();
+        let mut batch = 0;
         while next < events && due(next) <= now {
             buf.extend_from_slice(&stamp(next).to_le_bytes());
-            buf.resize(buf.len() + frame - 8, b'x');
+            buf.extend_from_slice(&written);
+            buf.resize(buf.len() + frame - 16, b'x');
             next += 1;
-            sent.fetch_add(1, Ordering::Relaxed);
+            batch += 1;
         }
         for s in &mut shard {
             s.write_all(&buf).context("write to a receiver socket")?;
         }
+        sent.fetch_add(batch, Ordering::Relaxed);
     }
     for s in &shard {
         let _ = s.shutdown(std::net::Shutdown::Write);
@@ -437,28 +477,41 @@ struct Conn {
     open: bool,
 }
 
-/// Cuts one socket's byte stream into frames and records each frame's latency.
+/// Cuts one socket's byte stream into frames and records each frame's two latencies.
 #[derive(Debug, Default)]
 struct Frames {
     /// Bytes of the current frame read so far.
     offset: usize,
-    stamp: [u8; 8],
+    /// The frame's due time and write time, little-endian Unix µs.
+    stamps: [u8; 16],
     count: u64,
 }
 
+/// A receiver's two latency histograms.
+struct Hists {
+    due: Histogram<u64>,
+    write: Histogram<u64>,
+}
+
 impl Frames {
-    fn feed(&mut self, mut bytes: &[u8], frame: usize, now_us: u64, hist: &mut Histogram<u64>) {
+    fn feed(&mut self, mut bytes: &[u8], frame: usize, now_us: u64, h: &mut Hists) {
         while !bytes.is_empty() {
             let take = (frame - self.offset).min(bytes.len());
-            if self.offset < 8 {
-                let n = (8 - self.offset).min(take);
-                self.stamp[self.offset..self.offset + n].copy_from_slice(&bytes[..n]);
+            if self.offset < 16 {
+                let n = (16 - self.offset).min(take);
+                self.stamps[self.offset..self.offset + n].copy_from_slice(&bytes[..n]);
             }
             self.offset += take;
             bytes = &bytes[take..];
             if self.offset == frame {
-                let sent = u64::from_le_bytes(self.stamp);
-                hist.saturating_record(now_us.saturating_sub(sent).max(1));
+                let [due, written] = [0, 8].map(|i| {
+                    let mut b = [0; 8];
+                    b.copy_from_slice(&self.stamps[i..i + 8]);
+                    u64::from_le_bytes(b)
+                });
+                h.due.saturating_record(now_us.saturating_sub(due).max(1));
+                h.write
+                    .saturating_record(now_us.saturating_sub(written).max(1));
                 self.count += 1;
                 self.offset = 0;
             }
@@ -487,7 +540,10 @@ fn receive(a: FloorReceiverArgs) -> anyhow::Result<()> {
     }
     println!("{}", json!({ "connected": a.clients }));
     std::io::stdout().flush()?;
-    let mut hist = hist::new_hist();
+    let mut hists = Hists {
+        due: hist::new_hist(),
+        write: hist::new_hist(),
+    };
     let mut events = Events::with_capacity(1024);
     let mut buf = vec![0u8; 64 * 1024];
     let mut open = a.clients;
@@ -501,7 +557,16 @@ fn receive(a: FloorReceiverArgs) -> anyhow::Result<()> {
                         c.open = false;
                         open -= 1;
                     }
-                    Ok(k) => c.frames.feed(&buf[..k], a.frame_bytes, now_us(), &mut hist),
+                    Ok(k) => {
+                        c.frames
+                            .feed(&buf[..k], a.frame_bytes, now_us(), &mut hists);
+                        // A short read emptied the socket (as tokio assumes too): the next
+                        // data brings a new edge. Read on only to see a close that came with
+                        // this event.
+                        if k < buf.len() && !ev.is_read_closed() {
+                            break;
+                        }
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(e) => {
@@ -521,7 +586,8 @@ fn receive(a: FloorReceiverArgs) -> anyhow::Result<()> {
         frames,
         expected: a.events * a.clients as u64,
         short_sockets: conns.iter().filter(|c| c.frames.count != a.events).count() as u64,
-        buckets: hist::to_buckets(&hist),
+        buckets: hist::to_buckets(&hists.due),
+        write_buckets: hist::to_buckets(&hists.write),
     };
     println!("{}", serde_json::to_string(&report)?);
     std::io::stdout().flush()?;
@@ -533,23 +599,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn frames_split_anywhere_are_counted_once_with_their_stamp() {
-        let frame = 20;
+    fn frames_split_anywhere_are_counted_once_with_their_stamps() {
+        let frame = 24;
         let mut stream = Vec::new();
-        for sent in [1_000u64, 2_000, 3_000] {
-            stream.extend_from_slice(&sent.to_le_bytes());
-            stream.resize(stream.len() + frame - 8, b'x');
+        for (due, written) in [(1_000u64, 4_000u64), (2_000, 4_000), (3_000, 5_000)] {
+            stream.extend_from_slice(&due.to_le_bytes());
+            stream.extend_from_slice(&written.to_le_bytes());
+            stream.resize(stream.len() + frame - 16, b'x');
         }
-        for cut in [1, 3, 7, 8, 9, 19, 20, 21, 45] {
+        for cut in [1, 3, 7, 8, 9, 15, 16, 17, 23, 24, 25, 45, 71] {
             let mut f = Frames::default();
-            let mut h = hist::new_hist();
+            let mut h = Hists {
+                due: hist::new_hist(),
+                write: hist::new_hist(),
+            };
             let (a, b) = stream.split_at(cut);
             f.feed(a, frame, 10_000, &mut h);
             f.feed(b, frame, 10_000, &mut h);
             assert_eq!(f.count, 3, "cut at {cut}");
-            assert_eq!(h.len(), 3, "cut at {cut}");
-            assert!(h.equivalent(h.min(), 7_000), "cut at {cut}");
-            assert!(h.equivalent(h.max(), 9_000), "cut at {cut}");
+            assert_eq!((h.due.len(), h.write.len()), (3, 3), "cut at {cut}");
+            assert!(h.due.equivalent(h.due.min(), 7_000), "cut at {cut}");
+            assert!(h.due.equivalent(h.due.max(), 9_000), "cut at {cut}");
+            assert!(h.write.equivalent(h.write.min(), 5_000), "cut at {cut}");
+            assert!(h.write.equivalent(h.write.max(), 6_000), "cut at {cut}");
         }
     }
 }

@@ -41,7 +41,15 @@ fn floor_delivers_every_frame_and_reports_it() {
     assert_eq!(r["delivery"]["short_sockets"], 0);
     assert_eq!(r["delivery"]["complete"], true);
     assert_eq!(r["latency"]["count"], 1000);
-    assert!(r["latency"]["p99_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(r["latency_from_write"]["count"], 1000);
+    let (due, write) = (
+        r["latency"]["p99_ms"].as_f64().unwrap(),
+        r["latency_from_write"]["p99_ms"].as_f64().unwrap(),
+    );
+    assert!(
+        due > 0.0 && write > 0.0 && write <= due + 0.1,
+        "{due} {write}"
+    );
 }
 
 #[test]
