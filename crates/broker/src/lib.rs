@@ -176,6 +176,10 @@ pub struct Retention {
     pub max_events: u64,
     /// A message id seen within this window is not stored again.
     pub dedup_window: Duration,
+    /// Copies of each stream kept by a NATS cluster: 1 on a single server, 3 in a three-server
+    /// cluster so that the streams outlive one server (NATS allows 1 to 5; the in-process bus
+    /// ignores it).
+    pub replicas: usize,
 }
 
 impl Default for Retention {
@@ -184,6 +188,7 @@ impl Default for Retention {
             max_age: Duration::from_secs(24 * 3600),
             max_events: 1_000_000,
             dedup_window: Duration::from_secs(2 * 3600),
+            replicas: 1,
         }
     }
 }

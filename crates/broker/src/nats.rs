@@ -165,6 +165,7 @@ impl NatsBus {
             },
             duplicate_window: r.dedup_window,
             storage: stream::StorageType::File,
+            num_replicas: r.replicas.max(1),
             ..Default::default()
         };
         let webhooks = stream::Config {
@@ -173,6 +174,7 @@ impl NatsBus {
             max_age: r.max_age,
             duplicate_window: r.dedup_window,
             storage: stream::StorageType::File,
+            num_replicas: r.replicas.max(1),
             ..Default::default()
         };
         for (name, config) in [

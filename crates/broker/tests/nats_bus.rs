@@ -206,3 +206,114 @@ async fn batches_larger_than_the_acks_in_flight_are_published_whole() {
     }
     assert_eq!(bus.last_seq().await.unwrap(), 14_000);
 }
+
+#[tokio::test]
+async fn more_stream_replicas_than_servers_is_an_error_that_says_so() {
+    let server = NatsServer::start_new();
+    let bus = NatsBus::connect(
+        &server.url(),
+        "test",
+        Retention {
+            replicas: 3,
+            ..Retention::default()
+        },
+    )
+    .await
+    .expect("connect");
+    let err = bus
+        .ensure_streams()
+        .await
+        .expect_err("one server cannot hold 3 replicas");
+    assert!(err.to_string().contains("replicas"), "{err}");
+    assert!(bus.check_ready().await.is_err());
+}
+
+#[tokio::test]
+async fn with_three_replicas_the_streams_outlive_their_leader() {
+    let mut cluster = NatsServer::start_cluster(3);
+    // The client starts on a server that stays up; it learns the others from the cluster.
+    let bus = NatsBus::connect(
+        &cluster[0].url(),
+        "test",
+        Retention {
+            replicas: 3,
+            ..Retention::default()
+        },
+    )
+    .await
+    .expect("connect");
+    // A new cluster elects its leaders first.
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while bus.check_ready().await.is_err() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("streams created on the cluster in time");
+    let first = bus
+        .publish(vec![event("1", "before")])
+        .await
+        .expect("published");
+
+    let js = async_nats::jetstream::new(
+        async_nats::connect(cluster[0].url())
+            .await
+            .expect("connect"),
+    );
+    let mut stream = js
+        .get_stream(instantchat_event::subjects::EVENTS_STREAM)
+        .await
+        .expect("events stream");
+    let info = stream.info().await.expect("stream info");
+    assert_eq!(info.config.num_replicas, 3);
+    let leader = info
+        .cluster
+        .as_ref()
+        .and_then(|c| c.leader.clone())
+        .expect("a leader");
+    // Stop the leader's server (not the one the client uses: that is a reconnect, tested
+    // elsewhere), unless it is the only choice.
+    let victim = cluster
+        .iter()
+        .position(|s| s.name() == leader)
+        .expect("the leader is one of ours");
+    let victim = if victim == 0 { 1 } else { victim };
+    cluster[victim].stop();
+
+    // Publishing goes on once the two left elect a new leader.
+    let second = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match bus.publish(vec![event("1", "after")]).await {
+                Ok(acks) => break acks,
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    })
+    .await
+    .expect("published with one server down");
+    assert!(second[0].seq > first[0].seq);
+    // Both are kept; a read may be refused while the cluster settles, as a gateway's would.
+    let ids = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match bus.replay(Interest::accounts(["1"]), 0).await {
+                Ok(replay) => {
+                    let ids: Vec<String> = replay
+                        .events
+                        .map(|d| d.map(|d| d.event.id.clone()))
+                        .filter_map(|r| async move { r.ok() })
+                        .collect()
+                        .await;
+                    if ids.len() == 2 {
+                        break ids;
+                    }
+                    eprintln!("replay gave {ids:?}; again");
+                }
+                Err(e) => eprintln!("replay refused ({e}); again"),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("a replay of both events in time");
+    assert_eq!(ids, vec!["comments:before", "comments:after"]);
+}

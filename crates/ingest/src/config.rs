@@ -76,6 +76,16 @@ pub struct Args {
     )]
     pub dedup_window: String,
 
+    /// Copies NATS keeps of each stream: 1 on a single server, 3 in a three-server cluster so
+    /// that the streams, and so webhooks and resumes, outlive one server down (1 to 5).
+    #[arg(
+        long,
+        env = "STREAM_REPLICAS",
+        default_value = "1",
+        allow_hyphen_values = true
+    )]
+    pub stream_replicas: String,
+
     /// Log filter in tracing's env-filter syntax (e.g. `info`, `instantchat_ingest=debug`).
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     pub rust_log: String,
@@ -209,6 +219,21 @@ impl Config {
             }
             (_, window) => window,
         };
+        let replicas = found.check(
+            args.stream_replicas
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=5).contains(n))
+                .ok_or_else(|| {
+                    invalid(
+                        "STREAM_REPLICAS",
+                        &args.stream_replicas,
+                        "a whole number from 1 to 5: 1 on a single NATS server, 3 in a \
+                         three-server cluster",
+                    )
+                }),
+        );
         let log_problems =
             instantchat_telemetry::check_log_settings(&args.log_format, Some(&args.rust_log));
         let (log_filter, log_format) = if log_problems.is_empty() {
@@ -228,6 +253,7 @@ impl Config {
             max_age,
             max_events,
             dedup_window,
+            replicas,
             log_filter,
             log_format,
         ) {
@@ -238,6 +264,7 @@ impl Config {
                 Some(max_age),
                 Some(max_events),
                 Some(dedup_window),
+                Some(replicas),
                 Some(log_filter),
                 Some(log_format),
             ) => Ok(Config {
@@ -248,6 +275,7 @@ impl Config {
                     max_age,
                     max_events,
                     dedup_window,
+                    replicas,
                 },
                 log_filter,
                 log_format,
@@ -463,6 +491,23 @@ mod tests {
             err.problems[0].contains("DEDUP_WINDOW=\"2h\" is longer than EVENT_RETENTION=\"1h\"")
         );
         assert!(with("2h", "2h").is_ok());
+    }
+
+    #[test]
+    fn stream_replicas_are_one_to_five() {
+        let with = |n| {
+            Config::from_args(args(&[
+                ("instagram-app-secret", "s"),
+                ("stream-replicas", n),
+            ]))
+        };
+        assert_eq!(with("3").unwrap().retention.replicas, 3);
+        for bad in ["0", "6", "three", "-1"] {
+            let err = with(bad).unwrap_err();
+            assert_eq!(err.problems.len(), 1, "{bad}");
+            assert!(err.problems[0].starts_with("STREAM_REPLICAS="), "{bad}");
+            assert!(err.problems[0].contains("from 1 to 5"), "{bad}");
+        }
     }
 
     #[test]

@@ -68,6 +68,9 @@ pub struct NatsServer {
     port: u16,
     store: tempfile::TempDir,
     child: Option<Child>,
+    /// Cluster flags (name, route port, routes); empty for a single server.
+    cluster_args: Vec<String>,
+    name: String,
 }
 
 impl NatsServer {
@@ -78,9 +81,50 @@ impl NatsServer {
             port: free_port(),
             store,
             child: None,
+            cluster_args: Vec::new(),
+            name: String::new(),
         };
         server.start();
         server
+    }
+
+    /// Starts `n` servers as one JetStream cluster on loopback (server names `n0`, `n1`, ...),
+    /// each with its own store; returns once each accepts client connections (the cluster may
+    /// still be electing its leaders).
+    pub fn start_cluster(n: usize) -> Vec<Self> {
+        let route_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let routes = route_ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        (0..n)
+            .map(|i| {
+                let mut server = NatsServer {
+                    port: free_port(),
+                    store: tempfile::tempdir().expect("a temporary JetStream store directory"),
+                    child: None,
+                    cluster_args: vec![
+                        "--server_name".into(),
+                        format!("n{i}"),
+                        "--cluster_name".into(),
+                        "instantchat-test".into(),
+                        "--cluster".into(),
+                        format!("nats://127.0.0.1:{}", route_ports[i]),
+                        "--routes".into(),
+                        routes.clone(),
+                    ],
+                    name: format!("n{i}"),
+                };
+                server.start();
+                server
+            })
+            .collect()
+    }
+
+    /// The server's name in a cluster (`n0`, ...); empty for a single server.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// `nats://127.0.0.1:<port>`.
@@ -107,6 +151,7 @@ impl NatsServer {
         let child = Command::new(&bin)
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
             .arg(self.store.path())
+            .args(&self.cluster_args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
