@@ -49,6 +49,9 @@ pub struct NatsBus {
     retention: Retention,
     /// Set once both streams exist; cleared when a publish finds a stream missing.
     streams_ready: Arc<AtomicBool>,
+    /// Held while the streams are set up, so that a retry still pending cannot redo the set-up
+    /// after another one succeeded (and undo a later configuration, e.g. new replicas).
+    stream_setup: Arc<tokio::sync::Mutex<()>>,
     /// Whether this client creates and configures the streams (ingest) or only uses them.
     manages_streams: bool,
     /// Counts (re)connections. Subscriptions recreate their consumers when it moves instead of
@@ -114,6 +117,7 @@ impl NatsBus {
             retention: manage.unwrap_or_default(),
             manages_streams: manage.is_some(),
             streams_ready: Arc::default(),
+            stream_setup: Arc::default(),
             connections,
             in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_ACKS_IN_FLIGHT)),
         };
@@ -122,7 +126,7 @@ impl NatsBus {
             let retry = bus.clone();
             tokio::spawn(async move {
                 let mut delay = Duration::from_millis(200);
-                while let Err(e) = retry.ensure_streams().await {
+                while let Err(e) = retry.ensure_streams_unless_ready().await {
                     tracing::debug!(error = %e, "stream set-up failed; retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
@@ -140,6 +144,20 @@ impl NatsBus {
     /// Creates or updates both streams with the configured retention (idempotent); a reader
     /// only checks that they exist.
     pub async fn ensure_streams(&self) -> Result<(), BusError> {
+        let _setup = self.stream_setup.lock().await;
+        self.set_up_streams().await
+    }
+
+    /// [`ensure_streams`](Self::ensure_streams), unless they are ready already.
+    async fn ensure_streams_unless_ready(&self) -> Result<(), BusError> {
+        let _setup = self.stream_setup.lock().await;
+        if self.streams_ready.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.set_up_streams().await
+    }
+
+    async fn set_up_streams(&self) -> Result<(), BusError> {
         if !self.manages_streams {
             for name in [subjects::EVENTS_STREAM, subjects::WEBHOOKS_STREAM] {
                 self.js
@@ -339,7 +357,7 @@ impl EventBus for NatsBus {
                             // The server lost its streams (a fresh store): set them up again
                             // so Meta's retry succeeds.
                             self.streams_ready.store(false, Ordering::Release);
-                            let _ = self.ensure_streams().await;
+                            let _ = self.ensure_streams_unless_ready().await;
                         }
                         return Err(BusError::Publish(e.to_string()));
                     }
@@ -495,7 +513,7 @@ impl EventBus for NatsBus {
             return Err(BusError::Unavailable);
         }
         if !self.streams_ready.load(Ordering::Acquire) {
-            self.ensure_streams().await?;
+            self.ensure_streams_unless_ready().await?;
         }
         let mut present = self.events_stream().await.map(|_| ());
         if self.manages_streams && present.is_ok() {
