@@ -44,6 +44,15 @@ export function within(ms, what, promise) {
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+/** Polls `cond` every `every` ms until it holds; throws naming `what` after `ms`. */
+export async function waitUntil(ms, what, cond, every = 20) {
+  const deadline = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() >= deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await sleep(every);
+  }
+}
+
 export async function waitHttp(url, what, ms = 20000) {
   const deadline = Date.now() + ms;
   let last;
@@ -96,8 +105,18 @@ export async function startSystem({ gateways = [{}], ingestEnv = {} } = {}) {
     const proc = startProcess('gateway', join(binDir, 'instantchat-gateway'), env);
     sys.gateways.push({ port, url: `http://127.0.0.1:${port}`, proc, env });
   }
-  await waitHttp(`${sys.ingestUrl}/readyz`, 'ingest');
-  for (const g of sys.gateways) await waitHttp(`${g.url}/readyz`, 'gateway');
+  sys.stop = async () => {
+    await Promise.all([...sys.gateways.map((g) => stopProcess(g.proc)), stopProcess(sys.ingest)]);
+    await stopProcess(sys.nats, 'SIGKILL');
+    rmSync(sys.storeDir, { recursive: true, force: true });
+  };
+  try {
+    await waitHttp(`${sys.ingestUrl}/readyz`, 'ingest');
+    for (const g of sys.gateways) await waitHttp(`${g.url}/readyz`, 'gateway');
+  } catch (e) {
+    await sys.stop(); // no process outlives a failed start
+    throw e;
+  }
   sys.startNats = () => {
     sys.nats = spawn(process.env.NATS_SERVER_BIN ?? 'nats-server',
       ['-a', '127.0.0.1', '-p', String(sys.natsPort), '-js', '-sd', sys.storeDir], { stdio: 'ignore' });
@@ -107,11 +126,6 @@ export async function startSystem({ gateways = [{}], ingestEnv = {} } = {}) {
   sys.restartGateway = async (g) => {
     g.proc = startProcess('gateway', join(binDir, 'instantchat-gateway'), g.env);
     await waitHttp(`${g.url}/readyz`, 'gateway');
-  };
-  sys.stop = async () => {
-    await Promise.all([...sys.gateways.map((g) => stopProcess(g.proc)), stopProcess(sys.ingest)]);
-    await stopProcess(sys.nats, 'SIGKILL');
-    rmSync(sys.storeDir, { recursive: true, force: true });
   };
   return sys;
 }
@@ -133,6 +147,7 @@ export function fixture(name) {
 export async function postWebhook(sys, body, signature = sign(body)) {
   const res = await fetch(`${sys.ingestUrl}/api/webhooks/instagram`, {
     method: 'POST', body, headers: { 'content-type': 'application/json', 'x-hub-signature-256': signature },
+    signal: AbortSignal.timeout(15000),
   });
   return { status: res.status, body: await res.text() };
 }

@@ -4,7 +4,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { join } from 'node:path';
-import { freePort, connect, next, request, within, sleep, repoRoot, fixturesDir, stopProcess, waitHttp } from '../lib/harness.mjs';
+import { freePort, connect, next, request, within, waitUntil, sleep, repoRoot, fixturesDir, stopProcess, waitHttp } from '../lib/harness.mjs';
 
 const bin = join(process.env.INSTANTCHAT_BIN_DIR ?? join(repoRoot, 'target', 'debug'), 'instantchat');
 let dev;
@@ -33,7 +33,7 @@ test('dev prints a token that works, and instantchat send reaches the client', a
   assert.equal(auth.message, 'Authentication successful', JSON.stringify(auth));
   await request(socket, 'subscribe', { eventTypes: ['comments'], userId: 'dev_user', timestamp: Date.now() });
   const sent = spawnSync(bin, ['send', '--url', `http://127.0.0.1:${port}`, '--type', 'comments', '--account', '42', '--text', 'from the CLI'],
-    { env: { ...cleanEnv, INSTAGRAM_APP_SECRET: value('INSTAGRAM_APP_SECRET') }, encoding: 'utf8' });
+    { env: { ...cleanEnv, INSTAGRAM_APP_SECRET: value('INSTAGRAM_APP_SECRET') }, encoding: 'utf8', timeout: 20000, killSignal: 'SIGKILL' });
   assert.equal(sent.status, 0, sent.stderr);
   const event = await next(socket, 'webhook_event');
   assert.equal(event.content, 'from the CLI');
@@ -48,9 +48,9 @@ test('instantchat tail prints the events a client sees', async () => {
   let err = '';
   tail.stdout.on('data', (c) => { out += c; });
   tail.stderr.on('data', (c) => { err += c; });
-  await within(10000, 'tail to subscribe', (async () => { while (!/subscribed/.test(err)) await sleep(20); })());
+  await waitUntil(10000, 'tail to subscribe', () => /subscribed/.test(err), 20);
   const sent = spawnSync(bin, ['send', '--url', `http://127.0.0.1:${port}`, '--type', 'mentions', '--account', '7', '--text', 'tailed'],
-    { env: { ...cleanEnv, INSTAGRAM_APP_SECRET: value('INSTAGRAM_APP_SECRET') }, encoding: 'utf8' });
+    { env: { ...cleanEnv, INSTAGRAM_APP_SECRET: value('INSTAGRAM_APP_SECRET') }, encoding: 'utf8', timeout: 20000, killSignal: 'SIGKILL' });
   assert.equal(sent.status, 0, sent.stderr);
   const code = await within(10000, 'tail to exit after one event', new Promise((r) => tail.on('exit', r)));
   assert.equal(code, 0, err);
@@ -78,11 +78,11 @@ test('tail keeps its quiet socket past HEARTBEAT_TIMEOUT_SECS with heartbeats', 
     tail.stdout.on('data', (c) => { out += c; });
     tail.stderr.on('data', (c) => { err += c; });
     const exited = new Promise((r) => tail.on('exit', r));
-    await within(10000, 'tail to subscribe', (async () => { while (!/subscribed/.test(err)) await sleep(20); })());
+    await waitUntil(10000, 'tail to subscribe', () => /subscribed/.test(err), 20);
     // Well past the 1 s timeout (checked every 0.5 s), with no event: only the heartbeats keep it.
     await sleep(2500);
     const sent = spawnSync(bin, ['send', '--url', url, '--type', 'mentions', '--account', '7', '--text', 'still here'],
-      { env: { ...cleanEnv, INSTAGRAM_APP_SECRET: of('INSTAGRAM_APP_SECRET') }, encoding: 'utf8' });
+      { env: { ...cleanEnv, INSTAGRAM_APP_SECRET: of('INSTAGRAM_APP_SECRET') }, encoding: 'utf8', timeout: 20000, killSignal: 'SIGKILL' });
     assert.equal(sent.status, 0, sent.stderr);
     assert.equal(await within(10000, 'tail to exit after one event', exited), 0, err);
     assert.match(out, /mentions account=7 .* still here/);
@@ -93,7 +93,7 @@ test('tail keeps its quiet socket past HEARTBEAT_TIMEOUT_SECS with heartbeats', 
 });
 
 test('bad CLI input: one-line error, non-zero exit, no panic', () => {
-  const run = (args, env = {}) => spawnSync(bin, args, { env: { ...cleanEnv, ...env }, encoding: 'utf8' });
+  const run = (args, env = {}) => spawnSync(bin, args, { env: { ...cleanEnv, ...env }, encoding: 'utf8', timeout: 20000, killSignal: 'SIGKILL' });
   const cases = [
     run(['dev', '--no-such-flag']),
     run(['send', '--url', `http://127.0.0.1:${port}`, '/no/such/fixture.json'], { INSTAGRAM_APP_SECRET: 'x' }),

@@ -3,7 +3,7 @@
 import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  startSystem, connect, next, request, token, postWebhook, seedBody, sign, sleep, within, stopProcess,
+  startSystem, connect, next, request, token, postWebhook, seedBody, sign, sleep, within, waitUntil, stopProcess,
 } from '../lib/harness.mjs';
 
 const lenient = { IP_CONNECT_RATE: '100000', IP_CONNECT_BURST: '100000', SOCKET_RATE_BURST: '1000' };
@@ -47,9 +47,7 @@ async function publish(sys, id, account, { onStatus = () => {} } = {}) {
 }
 
 async function allReceived(followers, expected, ms = 30000) {
-  await within(ms, `every client to have ${expected.length} events`, (async () => {
-    while (!followers.every((f) => f.ids.length >= expected.length)) await sleep(50);
-  })());
+  await waitUntil(ms, `every client to have ${expected.length} events`, () => followers.every((f) => f.ids.length >= expected.length), 50);
   await sleep(300); // nothing more may arrive: a duplicate would show now
   for (const f of followers) {
     assert.deepEqual(f.ids, expected, 'every event exactly once, in order');
@@ -65,7 +63,7 @@ test('SIGKILL a gateway while events flow: its clients resume on the other, losi
     const onG2 = await Promise.all(Array.from({ length: 10 }, (_, i) => follower(g2, { userId: `k2_${i}`, account: 'acct_k' })));
     const expected = [];
     for (let i = 0; i < 15; i++) expected.push(await publish(sys, `k${i}`, 'acct_k'));
-    await within(10000, 'first events', (async () => { while (!onG1.every((f) => f.ids.length === 15)) await sleep(20); })());
+    await waitUntil(10000, 'first events', () => onG1.every((f) => f.ids.length === 15), 20);
     const publishing = (async () => {
       for (let i = 15; i < 45; i++) { expected.push(await publish(sys, `k${i}`, 'acct_k')); await sleep(5); }
     })();
@@ -103,7 +101,7 @@ test('SIGTERM drains: socket.io-client reconnects by itself and resumes with sin
     await next(socket, 'subscription_confirmed', () => true, 10000);
     const expected = [];
     for (let i = 0; i < 3; i++) expected.push(await publish(sys, `d${i}`, 'acct_d'));
-    await within(10000, 'the first events', (async () => { while (seen.ids.length < 3) await sleep(20); })());
+    await waitUntil(10000, 'the first events', () => seen.ids.length >= 3, 20);
 
     const reason = new Promise((r) => socket.once('disconnect', r));
     await stopProcess(g.proc, 'SIGTERM');
@@ -114,11 +112,9 @@ test('SIGTERM drains: socket.io-client reconnects by itself and resumes with sin
     // Events published while no gateway runs, then the gateway comes back on its address.
     for (let i = 3; i < 6; i++) expected.push(await publish(sys, `d${i}`, 'acct_d'));
     await sys.restartGateway(g);
-    await within(20000, 'the automatic reconnection and resume', (async () => {
-      while (seen.ids.length < 6 || seen.replays.length === 0) await sleep(50);
-    })());
+    await waitUntil(20000, 'the automatic reconnection and resume', () => seen.ids.length >= 6 && seen.replays.length > 0, 50);
     expected.push(await publish(sys, 'd6', 'acct_d'));
-    await within(10000, 'a live event after the resume', (async () => { while (seen.ids.length < 7) await sleep(20); })());
+    await waitUntil(10000, 'a live event after the resume', () => seen.ids.length >= 7, 20);
     await sleep(300);
     assert.deepEqual(seen.ids, expected, 'every event exactly once, in order, across the restart');
     assert.equal(seen.connects, 2, 'connected twice: once at start, once by itself after the drain');
@@ -198,14 +194,14 @@ test('a client too slow to keep up is disconnected and catches up by resume; a f
       const body = Buffer.from(JSON.stringify({ object: 'instagram', entry: [{ id: 'acct_s', time: Date.now(), messaging }] }));
       assert.equal((await postWebhook(sys, body)).status, 200);
     }
-    await within(30000, 'the slow client to be cut off', (async () => {
-      for (;;) {
-        const metrics = await (await fetch(`${g.url}/metrics`)).text();
-        const m = metrics.match(/instantchat_gateway_slow_client_disconnects_total (\d+)/);
-        if (m && Number(m[1]) >= 1) return;
-        await sleep(100);
-      }
-    })());
+    const deadline = Date.now() + 30000;
+    for (;;) {
+      const metrics = await (await fetch(`${g.url}/metrics`, { signal: AbortSignal.timeout(5000) })).text();
+      const m = metrics.match(/instantchat_gateway_slow_client_disconnects_total (\d+)/);
+      if (m && Number(m[1]) >= 1) break;
+      if (Date.now() > deadline) throw new Error('timed out after 30000 ms waiting for the slow client to be cut off');
+      await sleep(100);
+    }
     const cut = next(slow.socket, 'disconnect', () => true, 20000);
     slow.socket.io.engine.transport.ws._socket.resume();
     await cut;

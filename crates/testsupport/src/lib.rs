@@ -23,16 +23,54 @@ use std::time::{Duration, Instant};
 /// How long a started server may take to accept connections.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// How long [`run_with_env`] lets a binary run.
+const RUN_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Runs `bin` with `args` and an environment of only `PATH` and `vars`, to its end. For binaries
-/// that refuse their configuration and exit; one that starts serving would never return.
+/// that refuse their configuration and exit: one that is still running after 30 s (it accepted
+/// the settings and serves) is killed and the test fails.
 pub fn run_with_env(bin: &str, args: &[&str], vars: &[(&str, &str)]) -> Output {
-    Command::new(bin)
+    let mut child = Command::new(bin)
         .args(args)
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .envs(vars.iter().copied())
-        .output()
-        .expect("the binary runs")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary runs");
+    // Read both pipes while waiting, so a chatty binary cannot block on a full pipe.
+    let pipe = |p: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = p {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let stdout = pipe(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = pipe(child.stderr.take().map(|p| Box::new(p) as _));
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the binary") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{bin} {args:?} still ran after {RUN_TIMEOUT:?}: it accepted settings it should refuse"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    }
 }
 
 /// Returns a loopback port nothing listens on right now.
