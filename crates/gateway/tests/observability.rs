@@ -187,6 +187,13 @@ async fn metrics_count_exactly_what_a_scripted_session_did() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let expect = |key: &str, want: f64| {
+        // A series that is not exported must not pass for a value; a labelled series appears
+        // only once counted, so its absence is its zero.
+        assert!(
+            g.has(key) || (want == 0.0 && key.contains('{')),
+            "gateway exports {key}; all: {:#?}",
+            g.0
+        );
         assert_eq!(g.get(key), want, "gateway {key}; all: {:#?}", g.0);
     };
     // alice, bob, carol (not authenticated), dave, erin.
@@ -230,6 +237,11 @@ async fn metrics_count_exactly_what_a_scripted_session_did() {
 
     let i = scrape(&http, &ingest.url).await;
     let expect = |key: &str, want: f64| {
+        assert!(
+            i.has(key) || (want == 0.0 && key.contains('{')),
+            "ingest exports {key}; all: {:#?}",
+            i.0
+        );
         assert_eq!(i.get(key), want, "ingest {key}; all: {:#?}", i.0);
     };
     expect(r#"instantchat_webhooks_total{outcome="accepted"}"#, 4.0);
