@@ -20,6 +20,13 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// Names the servers of this process apart.
+fn unique_name() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("t{}-{n}", std::process::id())
+}
+
 /// How long a started server may take to accept connections.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -112,18 +119,24 @@ pub struct NatsServer {
 }
 
 impl NatsServer {
-    /// Starts a server on a free port and waits until it accepts connections.
+    /// Starts a server on a free port and waits until it accepts connections. A port taken
+    /// between choosing and binding it (tests run side by side) is replaced by another.
     pub fn start_new() -> Self {
-        let store = tempfile::tempdir().expect("a temporary JetStream store directory");
-        let mut server = NatsServer {
-            port: free_port(),
-            store,
-            child: None,
-            cluster_args: Vec::new(),
-            name: String::new(),
-        };
-        server.start();
-        server
+        let mut last = String::new();
+        for _ in 0..3 {
+            let mut server = NatsServer {
+                port: free_port(),
+                store: tempfile::tempdir().expect("a temporary JetStream store directory"),
+                child: None,
+                cluster_args: Vec::new(),
+                name: unique_name(),
+            };
+            match server.try_start() {
+                Ok(()) => return server,
+                Err(e) => last = e,
+            }
+        }
+        panic!("nats-server did not start in 3 attempts: {last}")
     }
 
     /// Starts `n` servers as one JetStream cluster on loopback (server names `n0`, `n1`, ...),
@@ -143,8 +156,6 @@ impl NatsServer {
                     store: tempfile::tempdir().expect("a temporary JetStream store directory"),
                     child: None,
                     cluster_args: vec![
-                        "--server_name".into(),
-                        format!("n{i}"),
                         "--cluster_name".into(),
                         "instantchat-test".into(),
                         "--cluster".into(),
@@ -160,7 +171,7 @@ impl NatsServer {
             .collect()
     }
 
-    /// The server's name in a cluster (`n0`, ...); empty for a single server.
+    /// The server's name (`n0`, `n1`, ... in a cluster).
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -182,13 +193,22 @@ impl NatsServer {
 
     /// (Re)starts the server on the same port and store. No-op when it runs.
     pub fn start(&mut self) {
+        if let Err(e) = self.try_start() {
+            panic!("{e}");
+        }
+    }
+
+    /// Starts the server and waits until it answers on its port as itself (its INFO names it):
+    /// not some other process that took the port meanwhile.
+    fn try_start(&mut self) -> Result<(), String> {
         if self.child.is_some() {
-            return;
+            return Ok(());
         }
         let bin = nats_server_bin();
-        let child = Command::new(&bin)
+        let mut child = Command::new(&bin)
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
             .arg(self.store.path())
+            .args(["--server_name", &self.name])
             .args(&self.cluster_args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -200,15 +220,34 @@ impl NatsServer {
                     bin.display()
                 )
             });
-        self.child = Some(child);
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
         let deadline = Instant::now() + START_TIMEOUT;
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "nats-server did not accept connections on port {} within {START_TIMEOUT:?}",
-                self.port
-            );
+        let me = format!("\"server_name\":\"{}\"", self.name);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!(
+                    "nats-server on port {} exited at start ({status}); was the port taken?",
+                    self.port
+                ));
+            }
+            if let Ok(stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+                let mut info = String::new();
+                let _ =
+                    std::io::BufRead::read_line(&mut std::io::BufReader::new(stream), &mut info);
+                if info.contains(&me) {
+                    self.child = Some(child);
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "nats-server did not answer on port {} within {START_TIMEOUT:?}",
+                    self.port
+                ));
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -225,5 +264,28 @@ impl NatsServer {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_taken_port_is_reported_not_mistaken_for_the_server() {
+        // Something else answers on the port: the server cannot bind it and exits.
+        let squatter = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut server = NatsServer {
+            port: squatter.local_addr().unwrap().port(),
+            store: tempfile::tempdir().unwrap(),
+            child: None,
+            cluster_args: Vec::new(),
+            name: unique_name(),
+        };
+        let err = server.try_start().expect_err("the port is taken");
+        assert!(err.contains("exited at start"), "{err}");
+        assert!(!server.is_running());
+        // And a fresh one finds a port of its own.
+        assert!(NatsServer::start_new().is_running());
     }
 }
