@@ -84,6 +84,16 @@ impl Batch {
 }
 
 impl Hub {
+    /// Resumes waiting for the next read (joined to the open batch, no slot yet).
+    pub fn waiting_resumes(&self) -> usize {
+        self.replays
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map_or(0, |b| b.waiters.len())
+    }
+
     /// The stored events after `since` for `interest`, from a read shared with the resumes
     /// waiting at the same time.
     pub async fn shared_replay(self: &Arc<Self>, since: u64, interest: &Interest) -> Shared {

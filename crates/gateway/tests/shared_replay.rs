@@ -84,7 +84,10 @@ async fn resumes_waiting_for_a_slot_share_one_read() {
     let first = resume(4, Interest::accounts(["a".to_owned()]));
     let second = resume(2, Interest::accounts(["b".to_owned()]));
     let third = resume(7, Interest::All);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    instantchat_testsupport::wait_for("the three resumes to wait together", WAIT, || {
+        hub.waiting_resumes() == 3
+    })
+    .await;
     assert_eq!(
         hub.metrics.replay_reads.get(),
         0,
