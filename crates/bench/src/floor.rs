@@ -31,7 +31,7 @@ use serde_json::json;
 use crate::hist::{self, Buckets};
 use crate::monitor::round2;
 use crate::procfs::{self, Machine};
-use crate::scenarios::{command_line, int, wait_quiet};
+use crate::scenarios::{command_line, int, print_rows, wait_quiet, write_report};
 use crate::worker::now_us;
 use crate::{FloorArgs, FloorReceiverArgs};
 
@@ -135,26 +135,13 @@ fn run(a: FloorArgs, quiet: String) -> anyhow::Result<()> {
         ),
         (
             "latency (due -> read)",
-            format!(
-                "p50 {:.2} ms, p90 {:.2}, p99 {:.2}, p99.9 {:.2}, max {:.2} ({} samples)",
-                latency.p50_ms,
-                latency.p90_ms,
-                latency.p99_ms,
-                latency.p999_ms,
-                latency.max_ms,
-                int(latency.count)
-            ),
+            format!("{} ({} samples)", latency.percentiles(), int(latency.count)),
         ),
         (
             "latency (write -> read)",
             format!(
-                "p50 {:.2} ms, p90 {:.2}, p99 {:.2}, p99.9 {:.2}, max {:.2} (the sender's own \
-                 lag left out)",
-                from_write.p50_ms,
-                from_write.p90_ms,
-                from_write.p99_ms,
-                from_write.p999_ms,
-                from_write.max_ms,
+                "{} (the sender's own lag left out)",
+                from_write.percentiles()
             ),
         ),
         (
@@ -194,19 +181,13 @@ fn run(a: FloorArgs, quiet: String) -> anyhow::Result<()> {
         load_start,
         procfs::loadavg()
     );
-    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(10);
-    for (k, v) in &rows {
-        println!("  {k:<width$}  {v}");
-    }
+    print_rows(&rows);
     println!(
         "  (no InstantChat in the path: this is the machine's own latency for the shape, the \
          reference for `latency --clients {} --rate {}`)",
         a.clients, a.rate
     );
     if let Some(out) = &a.out {
-        if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
-        }
         let report = json!({
             "scenario": "floor",
             "command": command_line(),
@@ -241,8 +222,7 @@ fn run(a: FloorArgs, quiet: String) -> anyhow::Result<()> {
             },
             "summary": rows,
         });
-        std::fs::write(out, serde_json::to_string_pretty(&report)? + "\n")?;
-        println!("results: {}", out.display());
+        write_report(out, &report)?;
     }
     if !complete {
         bail!("not every frame arrived: {frames} of {expected}, {short} socket(s) short");

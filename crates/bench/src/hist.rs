@@ -39,6 +39,16 @@ pub struct Summary {
     pub mean_ms: f64,
 }
 
+impl Summary {
+    /// `p50 … ms, p90 …, p99 …, p99.9 …, max …`, as the summary tables print it.
+    pub fn percentiles(&self) -> String {
+        format!(
+            "p50 {:.2} ms, p90 {:.2}, p99 {:.2}, p99.9 {:.2}, max {:.2}",
+            self.p50_ms, self.p90_ms, self.p99_ms, self.p999_ms, self.max_ms
+        )
+    }
+}
+
 pub fn summarize(h: &Histogram<u64>) -> Summary {
     if h.is_empty() {
         return Summary::default();

@@ -424,15 +424,7 @@ impl Run {
     fn latency_row(&mut self, name: &str, s: &Summary) {
         self.row(
             name,
-            format!(
-                "p50 {:.2} ms, p90 {:.2}, p99 {:.2}, p99.9 {:.2}, max {:.2} ({} samples)",
-                s.p50_ms,
-                s.p90_ms,
-                s.p99_ms,
-                s.p999_ms,
-                s.max_ms,
-                int(s.count)
-            ),
+            format!("{} ({} samples)", s.percentiles(), int(s.count)),
         );
     }
 
@@ -501,10 +493,7 @@ impl Run {
             self.load_start,
             procfs::loadavg()
         );
-        let width = self.rows.iter().map(|(k, _)| k.len()).max().unwrap_or(10);
-        for (k, v) in &self.rows {
-            println!("  {k:<width$}  {v}");
-        }
+        print_rows(&self.rows);
         if !self.targets.is_empty() {
             println!("targets:");
             for t in &self.targets {
@@ -518,11 +507,7 @@ impl Run {
             }
         }
         if let Some(out) = &self.common.out {
-            if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)?;
-            }
-            std::fs::write(out, serde_json::to_string_pretty(&report)? + "\n")?;
-            println!("results: {}", out.display());
+            write_report(out, &report)?;
         }
         if let Some(dir) = log_dir {
             println!("logs: {}", dir.display());
@@ -576,6 +561,28 @@ pub(crate) async fn wait_quiet(max_secs: u64) -> String {
     );
     eprintln!("instantchat-bench: machine before start: {msg}");
     msg
+}
+
+/// The summary table's rows, names aligned.
+pub(crate) fn print_rows<K: AsRef<str>>(rows: &[(K, String)]) {
+    let width = rows
+        .iter()
+        .map(|(k, _)| k.as_ref().len())
+        .max()
+        .unwrap_or(10);
+    for (k, v) in rows {
+        println!("  {:<width$}  {v}", k.as_ref());
+    }
+}
+
+/// Writes a run's JSON to `out` (creating its directory) and says where.
+pub(crate) fn write_report(out: &std::path::Path, report: &Value) -> anyhow::Result<()> {
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(out, serde_json::to_string_pretty(report)? + "\n")?;
+    println!("results: {}", out.display());
+    Ok(())
 }
 
 /// `1234567` as `1,234,567`.

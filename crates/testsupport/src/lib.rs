@@ -119,18 +119,23 @@ pub struct NatsServer {
 }
 
 impl NatsServer {
+    /// A server not started yet, with its own store.
+    fn unstarted(port: u16, name: String, cluster_args: Vec<String>) -> Self {
+        NatsServer {
+            port,
+            store: tempfile::tempdir().expect("a temporary JetStream store directory"),
+            child: None,
+            cluster_args,
+            name,
+        }
+    }
+
     /// Starts a server on a free port and waits until it accepts connections. A port taken
     /// between choosing and binding it (tests run side by side) is replaced by another.
     pub fn start_new() -> Self {
         let mut last = String::new();
         for _ in 0..3 {
-            let mut server = NatsServer {
-                port: free_port(),
-                store: tempfile::tempdir().expect("a temporary JetStream store directory"),
-                child: None,
-                cluster_args: Vec::new(),
-                name: unique_name(),
-            };
+            let mut server = Self::unstarted(free_port(), unique_name(), Vec::new());
             match server.try_start() {
                 Ok(()) => return server,
                 Err(e) => last = e,
@@ -151,20 +156,15 @@ impl NatsServer {
             .join(",");
         (0..n)
             .map(|i| {
-                let mut server = NatsServer {
-                    port: free_port(),
-                    store: tempfile::tempdir().expect("a temporary JetStream store directory"),
-                    child: None,
-                    cluster_args: vec![
-                        "--cluster_name".into(),
-                        "instantchat-test".into(),
-                        "--cluster".into(),
-                        format!("nats://127.0.0.1:{}", route_ports[i]),
-                        "--routes".into(),
-                        routes.clone(),
-                    ],
-                    name: format!("n{i}"),
-                };
+                let cluster_args = vec![
+                    "--cluster_name".into(),
+                    "instantchat-test".into(),
+                    "--cluster".into(),
+                    format!("nats://127.0.0.1:{}", route_ports[i]),
+                    "--routes".into(),
+                    routes.clone(),
+                ];
+                let mut server = Self::unstarted(free_port(), format!("n{i}"), cluster_args);
                 server.start();
                 server
             })
@@ -275,13 +275,8 @@ mod tests {
     fn a_taken_port_is_reported_not_mistaken_for_the_server() {
         // Something else answers on the port: the server cannot bind it and exits.
         let squatter = TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut server = NatsServer {
-            port: squatter.local_addr().unwrap().port(),
-            store: tempfile::tempdir().unwrap(),
-            child: None,
-            cluster_args: Vec::new(),
-            name: unique_name(),
-        };
+        let port = squatter.local_addr().unwrap().port();
+        let mut server = NatsServer::unstarted(port, unique_name(), Vec::new());
         let err = server.try_start().expect_err("the port is taken");
         assert!(err.contains("exited at start"), "{err}");
         assert!(!server.is_running());
