@@ -172,7 +172,7 @@ impl fmt::Debug for Replay {
 pub struct Retention {
     /// How long events are kept for replay.
     pub max_age: Duration,
-    /// At most this many events are kept (0: no limit on NATS; the in-process ring needs one).
+    /// At most this many events are kept (0: no count limit, only `max_age`).
     pub max_events: u64,
     /// A message id seen within this window is not stored again.
     pub dedup_window: Duration,

@@ -72,7 +72,11 @@ impl MemoryBus {
     }
 
     fn prune(&self, state: &mut State, now: Instant) {
-        let max_events = self.retention.max_events.max(1) as usize;
+        // 0: no count limit, as on NATS; the age limit still applies.
+        let max_events = match self.retention.max_events {
+            0 => usize::MAX,
+            n => usize::try_from(n).unwrap_or(usize::MAX),
+        };
         while let Some((at, d)) = state.ring.front() {
             if state.ring.len() > max_events || now.duration_since(*at) > self.retention.max_age {
                 state.evicted_upto = d.seq;
@@ -339,6 +343,21 @@ mod tests {
         for want in 1..=(LIVE_CHANNEL as u64 + 100) {
             assert_eq!(next(&mut sub).await.seq, want);
         }
+    }
+
+    #[tokio::test]
+    async fn max_events_zero_keeps_every_event_as_on_nats() {
+        let bus = MemoryBus::new(Retention {
+            max_events: 0,
+            ..Retention::default()
+        });
+        bus.publish(vec![event("1", "a"), event("1", "b"), event("1", "c")])
+            .await
+            .unwrap();
+        let replay = bus.replay(Interest::All, 0).await.unwrap();
+        assert!(replay.complete, "nothing was evicted");
+        let seqs: Vec<u64> = replay.events.map(|d| d.unwrap().seq).collect().await;
+        assert_eq!(seqs, vec![1, 2, 3]);
     }
 
     #[tokio::test]

@@ -21,7 +21,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run ingest and gateway in one process for development: generates missing secrets and
-    /// prints them with a ready-made token.
+    /// prints them with a ready-made token. Binds 127.0.0.1; CLIENT_URL left at its default
+    /// allows the process's own console (http://localhost:PORT and http://127.0.0.1:PORT).
     Dev(single::SingleArgs),
     /// Run ingest and gateway in one process for a small install: secrets are required.
     Serve(single::SingleArgs),

@@ -37,7 +37,8 @@ pub struct SingleArgs {
     /// Largest webhook body accepted, in bytes.
     #[arg(long, env = "WEBHOOK_MAX_BODY_BYTES", default_value = "4194304")]
     pub max_body_bytes: String,
-    /// Events the in-process bus keeps for resume.
+    /// Events kept for resume, by the in-process bus or, with NATS_URL, by the stream (0: no
+    /// count limit; events older than 24 h go either way).
     #[arg(long, env = "EVENT_MAX_COUNT", default_value_t = 100_000)]
     pub max_events: u64,
     #[command(flatten)]
