@@ -41,8 +41,9 @@ pub mod worker;
     about = "Load generator for InstantChat: starts nats-server, instantchat-ingest and \
              instantchat-gateway (or `instantchat serve`) from the release binaries on loopback, \
              connects Socket.IO clients, POSTs signed webhooks and measures delivery.",
-    after_help = "Build first: cargo build --release --bins. Every run is bounded by --duration, \
-                  --max-events and --max-seconds, and only ever targets 127.0.0.0/8. A progress \
+    after_help = "Build first: cargo build --release --bins. Every run is bounded by --max-seconds, \
+                  and by --duration and --max-events where the scenario has them, and only ever \
+                  targets 127.0.0.0/8. A progress \
                   line is printed every second on stderr, a summary on stdout; --out writes JSON."
 )]
 pub struct Cli {
