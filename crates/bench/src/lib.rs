@@ -43,8 +43,8 @@ pub mod worker;
              connects Socket.IO clients, POSTs signed webhooks and measures delivery.",
     after_help = "Build first: cargo build --release --bins. Every run is bounded by --max-seconds, \
                   and by --duration and --max-events where the scenario has them, and only ever \
-                  targets 127.0.0.0/8. A progress \
-                  line is printed every second on stderr, a summary on stdout; --out writes JSON."
+                  targets 127.0.0.0/8. A progress line is printed every second on stderr, a \
+                  summary on stdout; --out writes JSON."
 )]
 pub struct Cli {
     #[command(subcommand)]
