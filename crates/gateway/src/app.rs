@@ -2,7 +2,6 @@
 //! CORS; start and stop.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -13,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use instantchat_broker::EventBus;
+use instantchat_telemetry::serve::{HEADER_READ_TIMEOUT, serve};
 use serde_json::json;
 use socketioxide::SocketIo;
 use socketioxide::layer::SocketIoLayer;
@@ -184,11 +184,7 @@ impl Gateway {
                 }
             }
         };
-        let server = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(drain);
+        let server = serve(listener, router, HEADER_READ_TIMEOUT, drain);
         tokio::select! {
             result = server => result?,
             () = async {

@@ -519,3 +519,19 @@ async fn a_client_leaving_at_once_leaves_nothing_counted() {
          connections counted (want 0 and 0); connecting again: {again:?}"
     );
 }
+
+#[tokio::test]
+async fn a_connection_that_never_sends_a_whole_request_head_is_closed() {
+    let nats = NatsServer::start_new();
+    let gateway = start_gateway(&nats.url(), &[]).await;
+    let addr: std::net::SocketAddr = gateway
+        .url
+        .trim_start_matches("http://")
+        .parse()
+        .expect("the gateway's address");
+    let took =
+        instantchat_testsupport::unfinished_heads_closed_after(addr, Duration::from_secs(45)).await;
+    // The deadline is 30 s: a slow client is not cut off early.
+    assert!(took >= Duration::from_secs(25), "closed after {took:?}");
+    gateway.shut_down("gateway").await;
+}

@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use instantchat_broker::{BusError, EventBus, NatsBus};
+use instantchat_telemetry::serve::{HEADER_READ_TIMEOUT, serve};
 use tokio::net::TcpListener;
 
 pub use app::{AppError, IngestState, Published, Receipt, WEBHOOK_PATH, router, webhook_router};
@@ -113,7 +114,7 @@ impl Application {
         let bus = state.bus().clone();
         tracing::info!(port, bus = bus.kind(), "ingest listening");
         let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
+        let server = serve(listener, router(state), HEADER_READ_TIMEOUT, async move {
             shutdown.await;
             let _ = signalled_tx.send(());
         });

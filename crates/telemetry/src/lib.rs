@@ -21,8 +21,12 @@
 //!   closure).
 //! - [`shutdown::signal`]: resolves on the first SIGINT or SIGTERM; every server's graceful
 //!   shutdown starts there.
+//! - [`serve::serve`]: the HTTP accept loop of ingest and the gateway, `axum::serve` with a
+//!   deadline for each request's head, so a client that never finishes one does not keep its
+//!   connection.
 
 pub mod metrics;
+pub mod serve;
 pub mod shutdown;
 
 use std::collections::VecDeque;

@@ -5,6 +5,8 @@
 //!   fault tests (the port and the JetStream store survive a restart).
 //! - [`free_port`]: a free loopback TCP port.
 //! - [`wait_for`]: poll a condition with a deadline, so no test waits forever.
+//! - [`unfinished_heads_closed_after`]: how long a server keeps connections that never send a
+//!   whole request head (slow clients must not hold connections forever).
 //! - [`run_with_env`]: run a binary to its end with only `PATH` and the given variables, as on a
 //!   clean machine (configuration tests).
 //! - [`SioClient`] (re-exported from `instantchat-sioclient`): a minimal Socket.IO v4 client, to drive the gateway
@@ -98,6 +100,32 @@ pub async fn wait_for<F: FnMut() -> bool>(what: &str, timeout: Duration, mut con
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Opens two connections to `addr`, one that sends half a request head and one that sends
+/// nothing, and returns how long the server took to close both. Panics if either is still open
+/// after `within`.
+pub async fn unfinished_heads_closed_after(addr: SocketAddr, within: Duration) -> Duration {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = Instant::now();
+    let mut half = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the server");
+    half.write_all(b"POST /api/webhooks/instagram HTTP/1.1\r\nHost: x\r\nX-Hub-")
+        .await
+        .expect("send half a head");
+    let mut silent = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the server");
+    for (name, tcp) in [("half a head", &mut half), ("nothing", &mut silent)] {
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(within, tcp.read_to_end(&mut got)).await;
+        assert!(
+            read.is_ok(),
+            "a connection that sent {name} is still open after {within:?}"
+        );
+    }
+    started.elapsed()
 }
 
 /// The `nats-server` binary tests use.

@@ -176,3 +176,14 @@ async fn assert_rejected_and_kept(body: &[u8]) {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn a_connection_that_never_sends_a_whole_request_head_is_closed() {
+    let app = spawn_app().await;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], app.port));
+    let took =
+        instantchat_testsupport::unfinished_heads_closed_after(addr, Duration::from_secs(45)).await;
+    // The deadline is 30 s: a slow client is not cut off early.
+    assert!(took >= Duration::from_secs(25), "closed after {took:?}");
+    assert_nothing_published(&app).await;
+}
