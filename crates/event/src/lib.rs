@@ -67,6 +67,15 @@ pub fn is_valid_account_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
+/// `s` quoted and cut to 64 characters, for error messages that name what a client sent without
+/// echoing all of it back.
+pub fn quote_short(s: &str) -> String {
+    match s.char_indices().nth(64) {
+        Some((cut, _)) => format!("{:?}...", s.get(..cut).unwrap_or_default()),
+        None => format!("{s:?}"),
+    }
+}
+
 /// The sender as clients see it: both fields always present, `null` when unknown, so that
 /// `event.sender.username` never throws in the frontend.
 #[derive(Debug, Serialize)]

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use instantchat_broker::Interest;
-use instantchat_event::{WebhookEvent, is_valid_account_id, is_valid_event_type};
+use instantchat_event::{WebhookEvent, is_valid_account_id, is_valid_event_type, quote_short};
 use ipnet::IpNet;
 use serde_json::{Value, json};
 use socketioxide::SocketIo;
@@ -357,7 +357,8 @@ fn parse_subscribe(data: &Value, identity: &Identity) -> Result<SubscribeRequest
                 };
                 if !is_valid_account_id(&id) {
                     return Err(format!(
-                        "Not an account id: {id:?} (1 to 128 of A-Z a-z 0-9 _ -)"
+                        "Not an account id: {} (1 to 128 of A-Z a-z 0-9 _ -)",
+                        quote_short(&id)
                     ));
                 }
                 if !identity.scope.allows(&id) {

@@ -8,7 +8,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use instantchat_event::{Event, Sender, is_valid_account_id, is_valid_event_type};
+use instantchat_event::{Event, Sender, is_valid_account_id, is_valid_event_type, quote_short};
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
@@ -94,7 +94,7 @@ pub fn normalize(body: &[u8], received_at_ms: i64) -> Result<Normalized, Rejecte
         Some(name) => {
             return Err(shape(format!(
                 "`object` is {}, expected \"instagram\"",
-                short(&name)
+                quote_short(&name)
             )));
         }
         None => return Err(shape("`object` is not a string".into())),
@@ -131,14 +131,6 @@ fn not_an_object(text: &str) -> Rejected {
 
 fn shape(reason: String) -> Rejected {
     Rejected::UnknownShape(reason)
-}
-
-/// `s` quoted, cut to 64 characters, for error messages.
-fn short(s: &str) -> String {
-    match s.char_indices().nth(64) {
-        Some((cut, _)) => format!("{:?}...", s.get(..cut).unwrap_or_default()),
-        None => format!("{s:?}"),
-    }
 }
 
 /// The two item lists of an entry.
@@ -179,7 +171,7 @@ fn normalize_entry(
         Some(id) if is_valid_account_id(&id) => Ok(id),
         Some(id) => Err(format!(
             "entry.id {} is not a valid account id (1 to 128 of A-Z a-z 0-9 _ -)",
-            short(&id)
+            quote_short(&id)
         )),
         None => Err("entry.id is missing or not a string or number".to_owned()),
     };
@@ -241,7 +233,7 @@ fn normalize_entry(
             0,
             format!(
                 "entry[{index}]: no rule for the list {} ({count} items)",
-                short(name)
+                quote_short(name)
             ),
         );
     }
@@ -370,7 +362,7 @@ fn simple(text: &str, top: &Obj<'_>, received_at_ms: i64) -> Result<Event, Rejec
     if !is_valid_event_type(&event_type) {
         return Err(shape(format!(
             "`eventType` {} is not a valid event type ([a-z_]{{1,64}})",
-            short(&event_type)
+            quote_short(&event_type)
         )));
     }
     let account_raw = top
@@ -381,7 +373,7 @@ fn simple(text: &str, top: &Obj<'_>, received_at_ms: i64) -> Result<Event, Rejec
         .ok_or_else(|| {
             shape(format!(
                 "`accountId` {} is not a valid account id (1 to 128 of A-Z a-z 0-9 _ -)",
-                short(account_raw.get())
+                quote_short(account_raw.get())
             ))
         })?;
     let mut draft = Draft::new(event_type);
@@ -439,7 +431,7 @@ fn check_event_type(name: &str, what: &str) -> Result<(), String> {
     } else {
         Err(format!(
             "{what} {} is not a valid event type ([a-z_]{{1,64}})",
-            short(name)
+            quote_short(name)
         ))
     }
 }
