@@ -209,13 +209,18 @@ async fn verify_subscription(
         (Ok(Query(p)), Some(expected)) if p.mode.as_deref() == Some("subscribe") => p
             .verify_token
             .filter(|t| bool::from(t.as_bytes().ct_eq(expected.expose().as_bytes())))
-            .and(p.challenge),
+            .map(|_| p.challenge),
         _ => None,
     };
     match verified {
-        Some(challenge) => (
+        Some(Some(challenge)) => (
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
             challenge,
+        )
+            .into_response(),
+        Some(None) => (
+            StatusCode::BAD_REQUEST,
+            "missing hub.challenge: the subscription check echoes it back",
         )
             .into_response(),
         None => {

@@ -51,3 +51,16 @@ async fn without_a_configured_token_verification_is_always_403() {
         assert_eq!(response.status(), 403, "{token:?}");
     }
 }
+
+#[tokio::test]
+async fn the_right_token_without_a_challenge_is_400_naming_it() {
+    let app = spawn_app().await;
+    let response = app
+        .get(&format!(
+            "/api/webhooks/instagram?hub.mode=subscribe&hub.verify_token={VERIFY_TOKEN}"
+        ))
+        .await;
+    assert_eq!(response.status(), 400);
+    let text = response.text().await.unwrap();
+    assert!(text.contains("missing hub.challenge"), "{text}");
+}
