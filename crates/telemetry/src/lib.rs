@@ -1,4 +1,5 @@
-//! Logs, traces, process metrics and the shutdown signal, the same in every InstantChat binary.
+//! Logs, traces, process metrics, the shutdown signal and the HTTP accept loop, the same in every
+//! InstantChat binary.
 //!
 //! - [`init`] installs the `tracing` subscriber: text logs (JSON with `LOG_FORMAT=json`) filtered
 //!   by `RUST_LOG` (default `info`), and, only when tracing is configured, an OpenTelemetry layer
