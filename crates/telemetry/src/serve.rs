@@ -21,7 +21,8 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 /// A client must send a request's whole head within this time of connecting (or of its last
@@ -40,10 +41,9 @@ pub async fn serve(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(header_read_timeout);
-    // Dropped when shutdown starts: every connection then finishes its request and closes.
-    let (stop_tx, stop_rx) = watch::channel(());
-    // Each connection holds a receiver; all gone when the last connection has ended.
-    let (closed_tx, closed_rx) = watch::channel(());
+    // Cancelled when shutdown starts: every connection then finishes its request and closes.
+    let stopping = CancellationToken::new();
+    let connections = TaskTracker::new();
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -61,36 +61,28 @@ pub async fn serve(
             request.extensions_mut().insert(ConnectInfo(peer));
             router.clone().oneshot(request.map(Body::new))
         });
-        let builder = builder.clone();
-        let mut stop_rx = stop_rx.clone();
-        let closed_rx = closed_rx.clone();
-        tokio::spawn(async move {
-            let connection = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        let stopping = stopping.clone();
+        connections.spawn(async move {
             tokio::pin!(connection);
-            let mut stopping = false;
-            loop {
-                tokio::select! {
-                    result = connection.as_mut() => {
-                        if let Err(e) = result {
-                            tracing::trace!(%peer, error = %e, "connection ended with an error");
-                        }
-                        break;
-                    }
-                    _ = stop_rx.changed(), if !stopping => {
-                        stopping = true;
-                        connection.as_mut().graceful_shutdown();
-                    }
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                () = stopping.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
                 }
+            };
+            if let Err(e) = result {
+                tracing::trace!(%peer, error = %e, "connection ended with an error");
             }
-            drop(closed_rx);
         });
     }
     drop(listener);
-    drop(stop_tx);
-    drop(closed_rx);
-    closed_tx.closed().await;
+    stopping.cancel();
+    connections.close();
+    connections.wait().await;
     Ok(())
 }
 
