@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use instantchat_broker::EventBus;
-use instantchat_telemetry::serve::{HEADER_READ_TIMEOUT, serve};
+use instantchat_service::serve::{HEADER_READ_TIMEOUT, serve};
 use serde_json::json;
 use socketioxide::SocketIo;
 use socketioxide::layer::SocketIoLayer;

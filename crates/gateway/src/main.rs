@@ -46,7 +46,7 @@ async fn main() -> anyhow::Result<()> {
     let gateway = Gateway::new(settings, Arc::new(bus));
     gateway.watch_nats(client);
     gateway
-        .serve(listener, instantchat_telemetry::shutdown::signal())
+        .serve(listener, instantchat_service::shutdown::signal())
         .await?;
     Ok(())
 }

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use instantchat_broker::{BusError, EventBus, NatsBus};
-use instantchat_telemetry::serve::{HEADER_READ_TIMEOUT, serve};
+use instantchat_service::serve::{HEADER_READ_TIMEOUT, serve};
 use tokio::net::TcpListener;
 
 pub use app::{AppError, IngestState, Published, Receipt, WEBHOOK_PATH, router, webhook_router};

@@ -23,7 +23,7 @@ async fn main() -> anyhow::Result<()> {
         otlp_traces_endpoint: None,
     });
     let app = Application::build(config).await?;
-    app.run_until_stopped(instantchat_telemetry::shutdown::signal())
+    app.run_until_stopped(instantchat_service::shutdown::signal())
         .await?;
     Ok(())
 }

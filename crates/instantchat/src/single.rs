@@ -135,7 +135,7 @@ pub async fn run(mut args: SingleArgs, dev: bool, log_problems: Vec<String>) -> 
     }
     tracing::info!(%bind, port, bus = bus.kind(), "instantchat listening");
     gateway
-        .serve_router(router, listener, instantchat_telemetry::shutdown::signal())
+        .serve_router(router, listener, instantchat_service::shutdown::signal())
         .await?;
     Ok(())
 }

@@ -1,5 +1,4 @@
-//! Logs, traces, process metrics, the shutdown signal and the HTTP accept loop, the same in every
-//! InstantChat binary.
+//! Logs, traces and process metrics, the same in every InstantChat binary.
 //!
 //! - [`init`] installs the `tracing` subscriber: text logs (JSON with `LOG_FORMAT=json`) filtered
 //!   by `RUST_LOG` (default `info`), and, only when tracing is configured, an OpenTelemetry layer
@@ -20,15 +19,8 @@
 //!   tracing is off.
 //! - [`metrics`]: Prometheus collectors evaluated on scrape (resident memory, gauges read from a
 //!   closure).
-//! - [`shutdown::signal`]: resolves on the first SIGINT or SIGTERM; every server's graceful
-//!   shutdown starts there.
-//! - [`serve::serve`]: the HTTP accept loop of ingest and the gateway, `axum::serve` with a
-//!   deadline for each request's head, so a client that never finishes one does not keep its
-//!   connection.
 
 pub mod metrics;
-pub mod serve;
-pub mod shutdown;
 
 use std::collections::VecDeque;
 use std::fmt;
