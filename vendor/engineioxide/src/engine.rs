@@ -1,6 +1,6 @@
 use std::{
     collections::HashMap,
-    sync::{Arc, RwLock},
+    sync::{Arc, OnceLock, RwLock, Weak},
 };
 
 use engineioxide_core::{ProtocolVersion, Sid, TransportType};
@@ -43,11 +43,14 @@ impl<H: EngineIoHandler> EngineIo<H> {
         self: &Arc<Self>,
         protocol: ProtocolVersion,
         transport: TransportType,
-        req: Parts,
+        mut req: Parts,
         supports_binary: bool,
     ) -> Arc<Socket<H::Data>> {
         let engine = self.clone();
         let close_fn = Box::new(move |sid, reason| engine.close_session(sid, reason));
+        // The layers above only see the request's parts: this is how they close the transport.
+        let slot: Arc<OnceLock<Weak<Socket<H::Data>>>> = Arc::default();
+        req.extensions.insert(crate::TransportCloser::new(slot.clone()));
 
         let socket = Socket::new(
             protocol,
@@ -58,6 +61,7 @@ impl<H: EngineIoHandler> EngineIo<H> {
             supports_binary,
         );
         let socket = Arc::new(socket);
+        let _ = slot.set(Arc::downgrade(&socket));
         self.sockets
             .write()
             .unwrap()

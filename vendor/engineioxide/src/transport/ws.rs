@@ -149,6 +149,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let ws_config = WebSocketConfig::default()
+        .max_write_buffer_size(MAX_WRITE_BUFFER)
         .read_buffer_size(engine.config.ws_read_buffer_size)
         .max_message_size(Some(engine.config.ws_max_message_size))
         .max_frame_size(Some(engine.config.ws_max_frame_size));
@@ -208,6 +209,17 @@ where
     Ok((socket, ws, heartbeat))
 }
 
+/// The most a connection's WebSocket write buffer may hold. Without a maximum, a peer that
+/// sends but never reads grows it without end (every WebSocket ping it sends queues a pong).
+/// When a message would not fit, the connection is closed (the client reconnects and resumes);
+/// a pong that does not fit replaces the one still waiting. It holds the largest event the
+/// broker carries (1 MiB by default) several times over.
+const MAX_WRITE_BUFFER: usize = 4 * 1024 * 1024;
+
+/// WebSocket pings a client may send per `ping_interval` (engine.io clients send none; their
+/// heartbeat is the engine.io pong). More is a flood, and the connection is closed.
+const MAX_WS_PINGS_PER_INTERVAL: u32 = 64;
+
 /// Pings are sent on this grid: the connections whose pings fall in the same quarter of a
 /// second are woken together, so a server full of idle connections wakes a few times a second
 /// instead of once per ping. A ping is at most this much later than `ping_interval`.
@@ -230,6 +242,9 @@ enum End {
     ClientClosed,
     /// A read or parse error.
     Failed(Error),
+    /// The client broke a limit of the connection (a write that cannot be buffered, a write
+    /// that stalls past `ping_timeout`, a flood of WebSocket pings).
+    Refused(&'static str),
 }
 
 /// Serves the connection until it closes or the session does: one task reads the WebSocket,
@@ -266,6 +281,8 @@ async fn run<H: EngineIoHandler, S>(
     let heartbeat_at = tokio::time::sleep_until(on_ping_grid(tokio::time::Instant::now() + interval));
     tokio::pin!(heartbeat_at);
     let mut pinged_at: Option<tokio::time::Instant> = None;
+    // WebSocket pings the client sent since the window began, a window being `ping_interval`.
+    let (mut ws_pings, mut ws_ping_window) = (0u32, tokio::time::Instant::now());
 
     let end = loop {
         // What to write this turn, if anything: the next queued packets or a volatile one.
@@ -296,6 +313,16 @@ async fn run<H: EngineIoHandler, S>(
                         socket.heartbeat_received();
                     }
                     Incoming::Close => break End::ClientClosed,
+                    Incoming::WsPing => {
+                        let now = tokio::time::Instant::now();
+                        if now.duration_since(ws_ping_window) >= interval {
+                            (ws_pings, ws_ping_window) = (0, now);
+                        }
+                        ws_pings += 1;
+                        if ws_pings > MAX_WS_PINGS_PER_INTERVAL {
+                            break End::Refused("websocket ping flood");
+                        }
+                    }
                     Incoming::Other => {}
                 }
                 continue;
@@ -330,21 +357,26 @@ async fn run<H: EngineIoHandler, S>(
             },
         };
         // Everything queued goes out in one flush. A peer that does not read cannot hold the
-        // loop past the session's end.
+        // loop past the session's end, nor past `ping_timeout`: while the loop waits here it
+        // neither reads nor pings, so the write has a deadline of its own.
         let wrote = async {
             let mut next = Some(batch);
             while let Some(packets) = next {
-                write_packets(&socket, &mut ws, packets).await;
+                write_packets(&socket, &mut ws, packets).await?;
                 next = buffered_rx.try_recv().ok();
             }
             #[cfg(feature = "tracing")]
             tracing::trace!(sid = %socket.id, "ws flush");
             ws.flush().await.ok();
+            Ok::<(), &'static str>(())
         };
         tokio::select! {
             biased;
-            () = wrote => {}
+            written = wrote => if let Err(why) = written {
+                break End::Refused(why);
+            },
             () = &mut cancelled => break End::Cancelled,
+            () = tokio::time::sleep(timeout) => break End::Refused("write stalled past ping_timeout"),
         }
     };
     // The session's closing waits for this lock.
@@ -358,6 +390,11 @@ async fn run<H: EngineIoHandler, S>(
             #[cfg(feature = "tracing")]
             tracing::debug!("error when handling packet: {:?}", e);
             engine.close_session(socket.id, reason);
+        }
+        End::Refused(_why) => {
+            #[cfg(feature = "tracing")]
+            tracing::debug!(sid = %socket.id, why = _why, "closing the connection");
+            engine.close_session(socket.id, DisconnectReason::TransportError);
         }
         End::ClientClosed => {
             #[cfg(feature = "tracing")]
@@ -388,6 +425,8 @@ enum Incoming {
     Binary(bytes::Bytes),
     /// A pong (v4) or a ping (v3).
     Heartbeat,
+    /// A WebSocket ping frame (tungstenite has queued its pong).
+    WsPing,
     Close,
     Other,
 }
@@ -423,6 +462,7 @@ fn read_packet<D: Default + Send + Sync + 'static>(
             tracing::debug!("websocket closed, closing session");
             Incoming::Close
         }
+        Message::Ping(_) => Incoming::WsPing,
         _ => {
             #[cfg(feature = "tracing")]
             tracing::debug!(sid = ?socket.id, "unexpected ws message");
@@ -432,7 +472,9 @@ fn read_packet<D: Default + Send + Sync + 'static>(
     Ok(Some(incoming))
 }
 
-/// Feeds packets to the WebSocket, without flushing.
+/// Feeds packets to the WebSocket, without flushing. A packet that cannot be written (the
+/// write buffer is at its maximum, or the connection broke) is an error: dropping it quietly
+/// would lose it for a client that stays connected.
 ///
 /// The connection loop holds this future, so its size is part of every connection's task:
 /// the packets stay boxed and are drained, and each is turned into its WebSocket message
@@ -441,7 +483,8 @@ async fn write_packets<D: Default + Send + Sync + 'static, S>(
     socket: &Socket<D>,
     ws: &mut WebSocketStream<S>,
     mut packets: Box<PacketBuf>,
-) where
+) -> Result<(), &'static str>
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     for item in packets.drain(..) {
@@ -451,8 +494,10 @@ async fn write_packets<D: Default + Send + Sync + 'static, S>(
         if let Err(_e) = ws.feed(msg).await {
             #[cfg(feature = "tracing")]
             tracing::debug!("[sid={}] error sending packet: {}", socket.id, _e);
+            return Err("a packet could not be written");
         }
     }
+    Ok(())
 }
 
 /// The WebSocket message of a packet; none for a Noop.
