@@ -8,7 +8,8 @@
 //!   from a ring buffer, the same dedup and sequence rules.
 //!
 //! Both assign every event a sequence (`seq`): its position in the event stream, strictly
-//! increasing, the same on every subscriber.
+//! increasing, the same on every subscriber, within one [`Epoch`] (the stream's history: a
+//! recreated stream starts a new one).
 
 pub mod memory;
 pub mod nats;
@@ -137,6 +138,49 @@ pub enum StartAt {
 /// A stream of events; live subscriptions never end on their own.
 pub type EventStream = BoxStream<'static, Result<Delivered, BusError>>;
 
+/// Which history a `seq` belongs to. The event stream numbers its events from 1; when it is
+/// recreated (its store lost, or deleted by an operator) it numbers from 1 again, and the same
+/// `seq` then names another event. A reader that keeps a `seq` keeps its epoch with it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Epoch(String);
+
+impl Epoch {
+    /// An epoch from its text form.
+    pub fn new(text: impl Into<String>) -> Self {
+        Epoch(text.into())
+    }
+
+    /// The text clients keep and send back.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What the stream still held at some moment: everything after `after`, up to `until`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retained {
+    /// The lowest sequence a replay may start after and still be complete (the first retained
+    /// sequence, less one).
+    pub after: u64,
+    /// The last sequence in the stream.
+    pub until: u64,
+}
+
+impl Retained {
+    /// Whether every event after `since` was still there: `since` lies within the stream's
+    /// history and nothing after it has been dropped. A `since` beyond the end comes from
+    /// another history, or from a client that made it up.
+    pub fn covers(&self, since: u64) -> bool {
+        since <= self.until && since >= self.after
+    }
+}
+
 /// What a replay found.
 pub struct Replay {
     /// False when events after the requested sequence are no longer retained.
@@ -146,15 +190,40 @@ pub struct Replay {
     /// The lowest sequence a replay may start after and still be complete: everything after
     /// it was retained when the replay started.
     pub retained_after: u64,
+    /// The history these sequences belong to.
+    pub epoch: Epoch,
+    /// How many stored events match the interest after the requested sequence: what
+    /// `events` will yield, known before any is read.
+    pub pending: u64,
     /// The stored events after the requested sequence, in order, ending at `until_seq`.
     pub events: EventStream,
 }
 
 impl Replay {
-    /// Whether a replay after `after` (another client's `since`, served from this replay's
-    /// events) would be complete.
-    pub fn complete_for(&self, after: u64) -> bool {
-        after <= self.until_seq && after >= self.retained_after
+    /// A replay after `after` of the stream that held `retained`.
+    pub fn new(
+        after: u64,
+        retained: Retained,
+        epoch: Epoch,
+        pending: u64,
+        events: EventStream,
+    ) -> Self {
+        Replay {
+            complete: retained.covers(after),
+            until_seq: retained.until,
+            retained_after: retained.after,
+            epoch,
+            pending,
+            events,
+        }
+    }
+
+    /// What the stream held when the replay started.
+    pub fn retained(&self) -> Retained {
+        Retained {
+            after: self.retained_after,
+            until: self.until_seq,
+        }
     }
 }
 
@@ -163,6 +232,8 @@ impl fmt::Debug for Replay {
         f.debug_struct("Replay")
             .field("complete", &self.complete)
             .field("until_seq", &self.until_seq)
+            .field("epoch", &self.epoch)
+            .field("pending", &self.pending)
             .finish_non_exhaustive()
     }
 }
@@ -213,6 +284,10 @@ pub enum BusError {
     Decode { seq: u64, reason: String },
     #[error("the subscriber fell behind and events after seq {after} are gone from the buffer")]
     Lagged { after: u64 },
+    /// A live subscription found the stream recreated: its sequences start again from 1 under
+    /// a new epoch, and the subscription goes on from the new stream's first event.
+    #[error("the event stream was recreated (epoch {epoch}): sequences start again")]
+    HistoryChanged { epoch: Epoch },
 }
 
 /// The event bus every service talks to.
@@ -224,6 +299,8 @@ pub trait EventBus: Send + Sync + fmt::Debug + 'static {
 
     /// Live events of `interest`, from `start` on, in seq order; survives broker restarts.
     /// One subscription covers many accounts so a subscriber sees them in one global order.
+    /// When the stream is recreated meanwhile, it yields [`BusError::HistoryChanged`] and goes
+    /// on with the new stream's events.
     async fn subscribe(&self, interest: Interest, start: StartAt) -> Result<EventStream, BusError>;
 
     /// Stored events of `interest` after `after`, up to the current end of the stream.
@@ -231,6 +308,9 @@ pub trait EventBus: Send + Sync + fmt::Debug + 'static {
 
     /// The seq of the newest stored event (0 when none): where a new subscriber starts.
     async fn last_seq(&self) -> Result<u64, BusError>;
+
+    /// The current history of the stream.
+    async fn epoch(&self) -> Result<Epoch, BusError>;
 
     /// Ok when the broker is reachable and the streams exist.
     async fn check_ready(&self) -> Result<(), BusError>;

@@ -14,14 +14,12 @@ use prost::Message;
 use tokio::sync::broadcast;
 
 use crate::{
-    BusError, Delivered, EventBus, EventStream, Interest, Outgoing, PublishAck, Replay, Retention,
-    StartAt,
+    BusError, Delivered, Epoch, EventBus, EventStream, Interest, Outgoing, PublishAck, Replay,
+    Retained, Retention, StartAt,
 };
 
 /// How many events a live subscriber may trail the publisher before it reads from the ring.
 const LIVE_CHANNEL: usize = 4096;
-/// Raw webhook bodies kept (the single-process mode keeps them only for inspection).
-const RAW_KEPT: usize = 1024;
 
 /// In-process [`EventBus`]. Cheap to clone; clones share the same bus.
 #[derive(Debug, Clone)]
@@ -29,6 +27,8 @@ pub struct MemoryBus {
     state: Arc<Mutex<State>>,
     live: broadcast::Sender<Delivered>,
     retention: Retention,
+    /// The history lives as long as the process: each bus is an epoch of its own.
+    epoch: Epoch,
 }
 
 #[derive(Debug, Default)]
@@ -39,17 +39,22 @@ struct State {
     ring: VecDeque<(Instant, Delivered)>,
     dedup: HashMap<String, u64>,
     dedup_order: VecDeque<(Instant, String)>,
+    /// Raw webhook bodies are numbered and deduplicated like events, but not kept: nothing in
+    /// the single-process mode reads them back.
     raw_seq: u64,
-    raw: VecDeque<(String, bytes::Bytes)>,
 }
 
 impl MemoryBus {
     pub fn new(retention: Retention) -> Self {
         let (live, _) = broadcast::channel(LIVE_CHANNEL);
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
         MemoryBus {
             state: Arc::default(),
             live,
             retention,
+            epoch: Epoch::new(started.to_string()),
         }
     }
 
@@ -59,16 +64,6 @@ impl MemoryBus {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// The raw bodies kept on `subject` (newest last); for tests and inspection.
-    pub fn raw_bodies(&self, subject: &str) -> Vec<bytes::Bytes> {
-        self.lock()
-            .raw
-            .iter()
-            .filter(|(s, _)| s == subject)
-            .map(|(_, b)| b.clone())
-            .collect()
     }
 
     fn prune(&self, state: &mut State, now: Instant) {
@@ -145,10 +140,6 @@ impl EventBus for MemoryBus {
                 state.last_seq
             } else {
                 state.raw_seq += 1;
-                state.raw.push_back((out.subject, out.payload));
-                if state.raw.len() > RAW_KEPT {
-                    state.raw.pop_front();
-                }
                 state.raw_seq
             };
             state.dedup.insert(out.msg_id.clone(), seq);
@@ -226,16 +217,24 @@ impl EventBus for MemoryBus {
     async fn replay(&self, interest: Interest, after: u64) -> Result<Replay, BusError> {
         let mut state = self.lock();
         self.prune(&mut state, Instant::now());
-        let until_seq = state.last_seq;
-        let complete = after <= until_seq && after >= state.evicted_upto;
+        let retained = Retained {
+            after: state.evicted_upto,
+            until: state.last_seq,
+        };
         let matches = |e: &Event| interest.matches(e);
         let events = Self::after(&state, Some(&matches), after);
-        Ok(Replay {
-            complete,
-            until_seq,
-            retained_after: state.evicted_upto,
-            events: futures::stream::iter(events.into_iter().map(Ok)).boxed(),
-        })
+        let pending = events.len() as u64;
+        Ok(Replay::new(
+            after,
+            retained,
+            self.epoch.clone(),
+            pending,
+            futures::stream::iter(events.into_iter().map(Ok)).boxed(),
+        ))
+    }
+
+    async fn epoch(&self) -> Result<Epoch, BusError> {
+        Ok(self.epoch.clone())
     }
 
     async fn last_seq(&self) -> Result<u64, BusError> {

@@ -28,8 +28,8 @@ use prost::Message as _;
 use tokio::sync::{mpsc, watch};
 
 use crate::{
-    BusError, Delivered, EventBus, EventStream, Interest, Outgoing, PublishAck, Replay, Retention,
-    StartAt, TraceContext,
+    BusError, Delivered, Epoch, EventBus, EventStream, Interest, Outgoing, PublishAck, Replay,
+    Retained, Retention, StartAt, TraceContext,
 };
 
 /// How long a publish may wait for its PubAck.
@@ -40,6 +40,10 @@ const SUBSCRIPTION_BUFFER: usize = 1024;
 const MAX_ACKS_IN_FLIGHT: usize = 5_000;
 /// Publishes a batch sends before it awaits their PubAcks.
 const PUBLISH_CHUNK: usize = 500;
+/// How often a live subscription asks whether the stream is still the one it started on. A
+/// recreated stream is otherwise invisible: the ordered consumer recreates itself after its
+/// last sequence and waits, on the new stream, for sequences that name other events.
+const EPOCH_CHECK: Duration = Duration::from_secs(5);
 
 /// NATS JetStream [`EventBus`]. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -215,6 +219,16 @@ impl NatsBus {
         self.client.connection_state() == State::Connected
     }
 
+    /// The events stream's current epoch.
+    async fn events_epoch(&self) -> Result<Epoch, BusError> {
+        let mut stream = self.events_stream().await?;
+        let info = stream.info().await.map_err(|e| BusError::Stream {
+            stream: subjects::EVENTS_STREAM,
+            reason: e.to_string(),
+        })?;
+        Ok(epoch_of(info))
+    }
+
     async fn events_stream(&self) -> Result<stream::Stream, BusError> {
         self.stream(subjects::EVENTS_STREAM).await
     }
@@ -228,6 +242,12 @@ impl NatsBus {
                 reason: e.to_string(),
             })
     }
+}
+
+/// A stream's epoch: the time it was created, in nanoseconds since 1970 (a recreated stream
+/// has another).
+fn epoch_of(info: &stream::Info) -> Epoch {
+    Epoch::new(info.created.unix_timestamp_nanos().to_string())
 }
 
 fn headers(out: &Outgoing) -> HeaderMap {
@@ -373,6 +393,7 @@ impl EventBus for NatsBus {
             return Err(BusError::Subscribe("no account to subscribe to".into()));
         }
         let filters = interest.filter_subjects();
+        let mut epoch = self.events_epoch().await?;
         let (mut messages, _) = ordered(&stream, filters.clone(), start).await?;
         let (tx, rx) = mpsc::channel(SUBSCRIPTION_BUFFER);
         let bus = self.clone();
@@ -383,12 +404,19 @@ impl EventBus for NatsBus {
                 StartAt::After(seq) => Some(seq),
                 StartAt::New => None,
             };
+            let mut epoch_check = tokio::time::interval(EPOCH_CHECK);
+            epoch_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            epoch_check.reset();
             loop {
                 let item = tokio::select! {
                     item = messages.next() => item,
                     () = tx.closed() => return,
                     // A new connection: the server may have restarted and lost the consumer.
                     Ok(()) = connections.changed() => None,
+                    _ = epoch_check.tick() => match bus.events_epoch().await {
+                        Ok(now) if now != epoch => None,
+                        _ => continue,
+                    },
                 };
                 match item {
                     Some(Ok(message)) => {
@@ -407,14 +435,25 @@ impl EventBus for NatsBus {
                         if let Some(Err(e)) = other {
                             tracing::warn!(error = %e, ?filters, "subscription broke; recreating it");
                         }
-                        // Recreate after what was delivered, until the broker takes it again.
-                        let start = last.map_or(StartAt::New, StartAt::After);
+                        // Recreate after what was delivered, until the broker takes it again;
+                        // on a recreated stream, from its start, once the reader is told.
                         let mut delay = Duration::from_millis(100);
                         messages = loop {
                             if tx.is_closed() {
                                 return;
                             }
                             match async {
+                                let now = bus.events_epoch().await?;
+                                if now != epoch {
+                                    tracing::warn!(old = %epoch, new = %now, "the event stream was recreated; following the new one from its start");
+                                    epoch = now;
+                                    last = Some(0);
+                                    let changed = BusError::HistoryChanged { epoch: epoch.clone() };
+                                    if tx.send(Err(changed)).await.is_err() {
+                                        return Err(BusError::Unavailable);
+                                    }
+                                }
+                                let start = last.map_or(StartAt::New, StartAt::After);
                                 let stream = bus.events_stream().await?;
                                 ordered(&stream, filters.clone(), start).await
                             }
@@ -446,19 +485,16 @@ impl EventBus for NatsBus {
             })?
             .state
             .clone();
-        let until_seq = state.last_sequence;
+        let epoch = epoch_of(stream.cached_info());
         // Everything after `after` is still stored iff the stream's first retained seq is at most
-        // after + 1; a `since` beyond the end comes from another stream's history.
-        let retained_after = state.first_sequence.saturating_sub(1);
-        let complete = after <= until_seq && after >= retained_after;
+        // after + 1.
+        let retained = Retained {
+            after: state.first_sequence.saturating_sub(1),
+            until: state.last_sequence,
+        };
         let empty = || futures::stream::empty().boxed();
-        if after >= until_seq || interest.is_empty() {
-            return Ok(Replay {
-                complete,
-                until_seq,
-                retained_after,
-                events: empty(),
-            });
+        if after >= retained.until || interest.is_empty() {
+            return Ok(Replay::new(after, retained, epoch, 0, empty()));
         }
         let (messages, pending, consumer) =
             ordered_named(&stream, interest.filter_subjects(), StartAt::After(after)).await?;
@@ -469,12 +505,7 @@ impl EventBus for NatsBus {
             consumer,
         };
         if pending == 0 {
-            return Ok(Replay {
-                complete,
-                until_seq,
-                retained_after,
-                events: empty(),
-            });
+            return Ok(Replay::new(after, retained, epoch, 0, empty()));
         }
         // `pending` counts the matching messages stored when the consumer was made: exactly the
         // backlog. (With account filters the stream's last seq may be another account's, so a
@@ -488,12 +519,7 @@ impl EventBus for NatsBus {
             })
             .take(take)
             .boxed();
-        Ok(Replay {
-            complete,
-            until_seq,
-            retained_after,
-            events,
-        })
+        Ok(Replay::new(after, retained, epoch, pending, events))
     }
 
     async fn last_seq(&self) -> Result<u64, BusError> {
@@ -506,6 +532,13 @@ impl EventBus for NatsBus {
             reason: e.to_string(),
         })?;
         Ok(info.state.last_sequence)
+    }
+
+    async fn epoch(&self) -> Result<Epoch, BusError> {
+        if !self.connected() {
+            return Err(BusError::Unavailable);
+        }
+        self.events_epoch().await
     }
 
     async fn check_ready(&self) -> Result<(), BusError> {

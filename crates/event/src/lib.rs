@@ -53,6 +53,40 @@ pub mod subjects {
     }
 }
 
+/// The event types ingest makes from Instagram's webhooks. Others may come (a `changes` field
+/// Meta adds is passed on under its own name), so this list only names the ones a metric may
+/// label by name: see [`event_type_label`].
+pub const KNOWN_EVENT_TYPES: [&str; 10] = [
+    "comments",
+    "live_comments",
+    "mentions",
+    "messages",
+    "message_edit",
+    "message_reactions",
+    "messaging_seen",
+    "messaging_postbacks",
+    "messaging_referral",
+    "story_insights",
+];
+
+/// The label a metric gives `event_type`: its own name when it is one of
+/// [`KNOWN_EVENT_TYPES`], else `other`. A label value a client or a sender could choose would
+/// let them add series without end.
+pub fn event_type_label(event_type: &str) -> &'static str {
+    KNOWN_EVENT_TYPES
+        .iter()
+        .find(|known| **known == event_type)
+        .copied()
+        .unwrap_or("other")
+}
+
+/// Milliseconds since the Unix epoch: `received_at_ms`, and the `timestamp` of every reply.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Event type names: `[a-z_]{1,64}` (PROTOCOL.md section 4). They are NATS subject tokens too.
 pub fn is_valid_event_type(name: &str) -> bool {
     (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
