@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use axum::Json;
 use axum::extract::State;
@@ -17,6 +17,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use socketioxide::TransportType;
 use subtle::ConstantTimeEq;
+
+use instantchat_broker::Interest;
+use instantchat_event::now_ms;
 
 use crate::auth::AccountScope;
 use crate::hub::Hub;
@@ -28,13 +31,8 @@ pub struct ConnectedAt(pub u64);
 
 impl ConnectedAt {
     pub fn now() -> Self {
-        ConnectedAt(unix_ms(SystemTime::now()))
+        ConnectedAt(now_ms())
     }
-}
-
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// What the admin handler needs.
@@ -47,17 +45,12 @@ pub(crate) struct AdminState {
 }
 
 impl AdminState {
-    pub(crate) fn new(
-        hub: Arc<Hub>,
-        token: &str,
-        started: Instant,
-        started_at: SystemTime,
-    ) -> Self {
+    pub(crate) fn new(hub: Arc<Hub>, token: &str, started: Instant, started_at_ms: u64) -> Self {
         AdminState {
             hub,
             token: token.into(),
             started,
-            started_at_ms: unix_ms(started_at),
+            started_at_ms,
         }
     }
 }
@@ -107,8 +100,8 @@ fn snapshot(admin: &AdminState) -> Value {
             continue;
         };
         let state = session.lock();
-        let user = state.identity.as_ref().map(|i| i.user_id.clone());
-        let accounts = match state.effective_scope() {
+        let user = state.user_id().map(str::to_owned);
+        let accounts = match state.allowed_scope() {
             AccountScope::All => json!("*"),
             AccountScope::Only(ids) => json!(ids),
         };
@@ -116,10 +109,10 @@ fn snapshot(admin: &AdminState) -> Value {
             "id": socket.id.to_string(),
             "transport": transport,
             "user": user,
-            "subscriptions": state.event_types,
+            "subscriptions": state.event_types(),
             "accounts": accounts,
-            "lastSeq": state.last_seq,
-            "replaying": state.replaying,
+            "lastSeq": state.last_seq(),
+            "replaying": state.is_replaying(),
             "connectedAt": connected_at,
         });
         drop(state);
@@ -145,9 +138,9 @@ fn snapshot(admin: &AdminState) -> Value {
         })
         .collect();
     anonymous.sort_by(by_connection);
-    let interest = match hub.interest_accounts() {
-        None => json!("*"),
-        Some(ids) => json!(ids),
+    let interest = match hub.fanout.interest() {
+        Interest::All => json!("*"),
+        Interest::Accounts(ids) => json!(ids),
     };
     json!({
         "server": {
@@ -160,7 +153,7 @@ fn snapshot(admin: &AdminState) -> Value {
             "sockets": sockets_total,
             "authenticatedSockets": authenticated,
             "users": users.len(),
-            "now": unix_ms(SystemTime::now()),
+            "now": now_ms(),
         },
         "users": users,
         "unauthenticated": anonymous,

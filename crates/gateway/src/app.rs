@@ -1,29 +1,41 @@
 //! The HTTP side: Socket.IO on `/socket.io`, health, readiness, metrics, the operator's view,
-//! CORS; start and stop.
+//! CORS, the admission of new sessions; start and stop.
+//!
+//! - [`Gateway`]: the Socket.IO server and its routes over a bus, not bound (the single-process
+//!   mode mounts its own routes beside them).
+//! - [`Application`]: the gateway service bound to its port(s) and connected to NATS, the shape
+//!   every InstantChat service has (`build`, `port`, `run_until_stopped`).
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use instantchat_broker::EventBus;
+use instantchat_broker::{BusError, EventBus, NatsBus};
+use instantchat_event::now_ms;
 use instantchat_service::serve::{HEADER_READ_TIMEOUT, serve};
 use serde_json::json;
 use socketioxide::SocketIo;
 use socketioxide::layer::SocketIoLayer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::admin::{self, AdminState};
-use crate::config::GatewaySettings;
-use crate::handlers;
+use crate::config::{Config, GatewaySettings};
 use crate::hub::Hub;
+use crate::limits::{SessionRefused, client_ip};
+use crate::requests;
+
+/// Name this service gives its NATS connection, seen in NATS monitoring.
+pub const SERVICE_NAME: &str = "instantchat-gateway";
 
 /// How much a WebSocket read takes at a time (engineioxide's default is 4 KiB). Every
 /// connection holds this much while idle. Client messages are small (a pong is 7 bytes, a
@@ -33,13 +45,15 @@ const WS_READ_CHUNK: usize = 512;
 /// A readiness probe must answer quickly even when the broker hangs.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A gateway ready to serve: its routes and the background tasks that feed it.
+/// What a 503 for a new session tells the client (and a load balancer) to wait, in seconds.
+const RETRY_AFTER_SECS: &str = "1";
+
+/// The Socket.IO server and the gateway's routes over a bus, ready to serve.
 pub struct Gateway {
-    pub hub: Arc<Hub>,
+    hub: Arc<Hub>,
     layer: SocketIoLayer,
-    router: Router,
     started: Instant,
-    started_at: SystemTime,
+    started_at_ms: u64,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -51,7 +65,7 @@ impl std::fmt::Debug for Gateway {
 }
 
 impl Gateway {
-    /// Builds the Socket.IO server and HTTP routes over `bus`.
+    /// Builds the Socket.IO server over `bus`.
     pub fn new(settings: GatewaySettings, bus: Arc<dyn EventBus>) -> Self {
         let hub = Hub::new(settings, bus);
         let s = &hub.settings;
@@ -63,26 +77,26 @@ impl Gateway {
             .max_buffer_size(s.client_buffer_packets)
             .ping_interval(s.ping_interval)
             .ping_timeout(s.ping_timeout)
+            // A session that never makes its Socket.IO connect goes after the same time a
+            // socket has to authenticate.
+            .connect_timeout(s.auth_timeout)
             // Clients send small requests; the buffer grows for a larger one, and a smaller
             // chunk keeps idle connections lean.
             .ws_read_buffer_size(WS_READ_CHUNK)
             .build_layer();
-        handlers::register(&io);
+        requests::register(&io);
         hub.set_io(io);
-        let gateway = Gateway {
+        Gateway {
             hub,
             layer,
-            router: Router::new(),
             started: Instant::now(),
-            started_at: SystemTime::now(),
-        };
-        let router = gateway.router_with(Router::new());
-        Gateway { router, ..gateway }
+            started_at_ms: now_ms(),
+        }
     }
 
-    /// The routes, to serve alone.
-    pub fn router(&self) -> Router {
-        self.router.clone()
+    /// The gateway's parts.
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
     }
 
     /// Reports `client`'s connection state on `/metrics` (`instantchat_gateway_nats_connected`).
@@ -95,9 +109,31 @@ impl Gateway {
         self.hub.metrics.register(add);
     }
 
-    /// The gateway's routes merged with `extra` (the single-process mode adds the webhook route),
-    /// behind the Socket.IO layer, the origin check and CORS.
-    pub fn router_with(&self, extra: Router) -> Router {
+    /// `/healthz`, `/readyz`, `/metrics` and (with `ADMIN_TOKEN`) `/admin/connections`.
+    pub fn ops_router(&self) -> Router {
+        let hub = &self.hub;
+        let mut routes = health().merge(
+            Router::new()
+                .route("/readyz", get(readyz))
+                .route("/metrics", get(metrics))
+                .with_state(hub.clone()),
+        );
+        // The operator's view exists only with a token.
+        if let Some(token) = &hub.settings.admin_token {
+            let state = AdminState::new(hub.clone(), token, self.started, self.started_at_ms);
+            routes = routes.merge(
+                Router::new()
+                    .route("/admin/connections", get(admin::connections))
+                    .with_state(state),
+            );
+        }
+        routes
+    }
+
+    /// Socket.IO and `extra` (the single-process mode adds the webhook route), with the ops
+    /// routes unless `ops_apart` (they are then served on their own port; health stays), behind
+    /// the admission of new sessions, the origin check and CORS.
+    pub fn router_with(&self, extra: Router, ops_apart: bool) -> Router {
         let hub = &self.hub;
         let origins: Vec<HeaderValue> = hub
             .settings
@@ -109,23 +145,14 @@ impl Gateway {
             .allow_origin(AllowOrigin::list(origins))
             .allow_methods([Method::GET, Method::POST])
             .allow_credentials(true);
-        let mut routes = Router::new()
-            .route("/healthz", get(|| async { "ok" }))
-            .route("/readyz", get(readyz))
-            .route("/metrics", get(metrics))
-            .with_state(hub.clone());
-        // The operator's view exists only with a token.
-        if let Some(token) = &hub.settings.admin_token {
-            let state = AdminState::new(hub.clone(), token, self.started, self.started_at);
-            routes = routes.merge(
-                Router::new()
-                    .route("/admin/connections", get(admin::connections))
-                    .with_state(state),
-            );
-        }
-        routes
-            .merge(extra)
+        let ops = if ops_apart {
+            health()
+        } else {
+            self.ops_router()
+        };
+        ops.merge(extra)
             .layer(self.layer.clone())
+            .layer(middleware::from_fn_with_state(hub.clone(), admit_session))
             .layer(middleware::map_request(detach_request_head))
             .layer(middleware::from_fn_with_state(
                 hub.clone(),
@@ -134,71 +161,236 @@ impl Gateway {
             .layer(cors)
     }
 
-    /// Starts the fan-out, token-expiry and heartbeat tasks; they stop when `shutdown` turns true.
-    pub fn spawn_background(&self, shutdown: watch::Receiver<bool>) {
-        tokio::spawn(self.hub.clone().run_fanout(shutdown.clone()));
-        tokio::spawn(crate::expiry::run(self.hub.clone(), shutdown.clone()));
-        tokio::spawn(handlers::heartbeat_monitor(self.hub.clone(), shutdown));
-    }
-
-    /// Serves on `listener` until `signal` resolves, then drains: not ready, no new sockets,
-    /// every transport closed (so clients reconnect, to another instance), bus closed, all
-    /// within the shutdown deadline.
+    /// Serves every route on `listener` until `signal` resolves, then drains (see
+    /// [`serve_router`](Self::serve_router)).
     pub async fn serve(
         self,
         listener: TcpListener,
         signal: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let router = self.router.clone();
-        self.serve_router(router, listener, signal).await
+        let router = self.router_with(Router::new(), false);
+        self.serve_router(router, listener, None, signal).await
     }
 
-    /// Like [`serve`](Self::serve), with a router built by [`router_with`](Self::router_with).
+    /// Serves `router` on `listener` (and the ops routes on `ops`, when given) until `signal`
+    /// resolves, then drains: at once not ready, no new session, no new connection (so
+    /// reconnects go to another instance); then every transport closed (clients reconnect by
+    /// themselves, elsewhere, and resume with `since`); then the bus closed; all within the
+    /// shutdown deadline.
     pub async fn serve_router(
         self,
         router: Router,
         listener: TcpListener,
+        ops: Option<TcpListener>,
         signal: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
-        self.spawn_background(stop_rx);
+        self.hub.spawn_background(stop_rx);
         let hub = self.hub.clone();
-        // Sent when the drain starts: the one deadline for everything after it.
-        let (deadline_tx, deadline_rx) = tokio::sync::oneshot::channel::<tokio::time::Instant>();
-        let drain = {
-            let hub = hub.clone();
+        let stopping = CancellationToken::new();
+        tokio::spawn({
+            let (hub, stopping) = (hub.clone(), stopping.clone());
             async move {
                 signal.await;
-                let deadline = tokio::time::Instant::now() + hub.settings.shutdown_timeout;
-                let _ = deadline_tx.send(deadline);
                 tracing::info!("shutting down: draining connections");
                 hub.start_draining();
+                stopping.cancel();
+            }
+        });
+        let ops_server = ops.map(|ops| {
+            let stopped = stopping.clone();
+            tokio::spawn(serve(
+                ops,
+                self.ops_router(),
+                HEADER_READ_TIMEOUT,
+                async move { stopped.cancelled().await },
+            ))
+        });
+        let close_transports = {
+            let (hub, stopping) = (hub.clone(), stopping.clone());
+            async move {
+                stopping.cancelled().await;
+                // The listener is closed by now: a client that reconnects reaches another
+                // instance. Closing the transports rather than sending a Socket.IO disconnect
+                // makes socket.io-client reconnect by itself.
                 if let Some(io) = hub.io() {
-                    // Close every transport rather than send a Socket.IO disconnect: clients
-                    // see "transport close" and reconnect by themselves (through the load
-                    // balancer, to another instance), where a server disconnect would leave
-                    // socket.io-client waiting for the app to call connect().
-                    if tokio::time::timeout_at(deadline, io.close()).await.is_err() {
-                        tracing::warn!("transports still open at the shutdown deadline");
-                    }
+                    io.close().await;
                 }
             }
         };
-        let server = serve(listener, router, HEADER_READ_TIMEOUT, drain);
+        let stopped = stopping.clone();
+        let server = serve(listener, router, HEADER_READ_TIMEOUT, async move {
+            stopped.cancelled().await;
+        });
+        let deadline = async {
+            stopping.cancelled().await;
+            tokio::time::sleep(hub.settings.shutdown_timeout).await;
+        };
         tokio::select! {
-            result = server => result?,
-            () = async {
-                match deadline_rx.await {
-                    Ok(deadline) => tokio::time::sleep_until(deadline).await,
-                    // The server stopped without a signal: nothing to wait for here.
-                    Err(_) => std::future::pending().await,
-                }
-            } => tracing::warn!("shutdown deadline reached; dropping remaining connections"),
+            (result, ()) = futures::future::join(server, close_transports) => result?,
+            () = deadline => tracing::warn!("shutdown deadline reached; dropping remaining connections"),
+        }
+        if let Some(ops_server) = ops_server {
+            ops_server.abort();
         }
         let _ = stop_tx.send(true);
         hub.bus.close().await;
         Ok(())
     }
+}
+
+/// Why the gateway service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {address}: {source}; choose another port or stop what holds it")]
+    Bind {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Bus(#[from] BusError),
+}
+
+/// The gateway service, bound and connected, not yet serving.
+#[derive(Debug)]
+pub struct Application {
+    gateway: Gateway,
+    listener: TcpListener,
+    ops: Option<TcpListener>,
+}
+
+impl Application {
+    /// Connects to NATS as a reader (retrying in the background while NATS is down: the service
+    /// starts anyway, not ready) and binds its port(s).
+    pub async fn build(config: Config) -> Result<Self, StartError> {
+        let bus = NatsBus::connect_reader(&config.nats_url, SERVICE_NAME).await?;
+        let client = bus.client().clone();
+        let app = Self::with_bus(&config, Arc::new(bus)).await?;
+        app.gateway.watch_nats(client);
+        Ok(app)
+    }
+
+    /// Binds the configured port(s) and serves the gateway over `bus`.
+    pub async fn with_bus(config: &Config, bus: Arc<dyn EventBus>) -> Result<Self, StartError> {
+        let listener = bind(&config.bind, config.port).await?;
+        let ops = match config.ops_port {
+            Some(port) => Some(bind(&config.bind, port).await?),
+            None => None,
+        };
+        Ok(Application {
+            gateway: Gateway::new(config.gateway.clone(), bus),
+            listener,
+            ops,
+        })
+    }
+
+    /// The port actually bound (useful when configured as 0).
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map_or(0, |a| a.port())
+    }
+
+    /// The ops port actually bound, when there is one.
+    pub fn ops_port(&self) -> Option<u16> {
+        self.ops
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.port())
+    }
+
+    /// The gateway's parts.
+    pub fn hub(&self) -> &Arc<Hub> {
+        self.gateway.hub()
+    }
+
+    /// Serves until `shutdown` resolves, then drains within `SHUTDOWN_TIMEOUT_SECS`.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let Application {
+            gateway,
+            listener,
+            ops,
+        } = self;
+        tracing::info!(addr = %listener.local_addr()?, ops = ?ops.as_ref().and_then(|o| o.local_addr().ok()), "gateway listening");
+        let router = gateway.router_with(Router::new(), ops.is_some());
+        gateway.serve_router(router, listener, ops, shutdown).await
+    }
+}
+
+async fn bind(host: &str, port: u16) -> Result<TcpListener, StartError> {
+    TcpListener::bind((host, port))
+        .await
+        .map_err(|source| StartError::Bind {
+            address: format!("{host}:{port}"),
+            source,
+        })
+}
+
+/// `/healthz`: the process answers.
+fn health() -> Router {
+    Router::new().route("/healthz", get(|| async { "ok" }))
+}
+
+/// A request that opens an engine.io session: `/socket.io/` without a `sid`.
+fn opens_session(uri: &Uri) -> bool {
+    uri.path().starts_with("/socket.io")
+        && !uri
+            .query()
+            .unwrap_or_default()
+            .split('&')
+            .any(|pair| pair.split('=').next() == Some("sid"))
+}
+
+/// Every new engine.io session counts against its address's allowance before it exists (see
+/// [`crate::limits`]); a draining gateway opens none (503, so the client or the load balancer
+/// tries another instance).
+async fn admit_session(State(hub): State<Arc<Hub>>, mut request: Request, next: Next) -> Response {
+    if !opens_session(request.uri()) {
+        return next.run(request).await;
+    }
+    let refused = |status: StatusCode, message: &str| {
+        (
+            status,
+            [(header::RETRY_AFTER, RETRY_AFTER_SECS)],
+            Json(json!({ "error": message })),
+        )
+            .into_response()
+    };
+    if hub.is_draining() {
+        return refused(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Server is shutting down; reconnect",
+        );
+    }
+    let ip = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| client_ip(c.0.ip(), request.headers(), &hub.settings.trusted_proxies));
+    if let Some(ip) = ip {
+        match hub.limits.open_session(ip) {
+            Ok(pending) => {
+                request.extensions_mut().insert(pending);
+            }
+            Err(e) => {
+                let kind = match e {
+                    SessionRefused::AddressBusy => "ip_session",
+                    SessionRefused::GatewayBusy => "pending_sessions",
+                };
+                hub.metrics
+                    .rate_limited
+                    .get_or_create(&crate::metrics::label("kind", kind))
+                    .inc();
+                let status = match e {
+                    SessionRefused::AddressBusy => StatusCode::TOO_MANY_REQUESTS,
+                    SessionRefused::GatewayBusy => StatusCode::SERVICE_UNAVAILABLE,
+                };
+                return refused(status, &e.to_string());
+            }
+        }
+    }
+    next.run(request).await
 }
 
 /// Browsers send `Origin`; one not in `CLIENT_URL` is refused (WebSocket upgrades included,

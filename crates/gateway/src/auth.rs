@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use instantchat_event::is_valid_account_id;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{EncodingKey, Header, Validation, decode, encode};
 use serde::Deserialize;
@@ -55,6 +56,15 @@ pub enum AuthError {
     TooManyConnections,
     #[error("Authentication timeout")]
     Timeout,
+    #[error("Token not valid yet (nbf)")]
+    NotYetValid,
+    #[error(
+        "Token has an invalid accounts claim: each entry must be an account id (1 to 128 of \
+         A-Z a-z 0-9 _ -) or \"*\""
+    )]
+    InvalidAccounts,
+    #[error("Token too large (at most 8192 bytes)")]
+    TooLarge,
 }
 
 impl AuthError {
@@ -68,6 +78,9 @@ impl AuthError {
             AuthError::NoAccounts => "no_accounts",
             AuthError::TooManyConnections => "too_many_connections",
             AuthError::Timeout => "timeout",
+            AuthError::NotYetValid => "not_yet_valid",
+            AuthError::InvalidAccounts => "invalid_accounts",
+            AuthError::TooLarge => "too_large",
         }
     }
 }
@@ -89,16 +102,24 @@ fn id_string(v: &Value) -> Option<String> {
     }
 }
 
-/// Verifies `token` (signature, algorithm, `exp`) and, when the client names a user, that it
-/// is the token's user.
+/// The largest token accepted. A token names its user and accounts (a few thousand of them fit);
+/// one larger is refused before its signature is checked.
+pub const MAX_TOKEN_BYTES: usize = 8192;
+
+/// Verifies `token` (size, signature, algorithm, `exp`, `nbf`, the accounts it names) and, when
+/// the client names a user, that it is the token's user.
 pub fn verify(
     settings: &GatewaySettings,
     token: &str,
     claimed_user: Option<&str>,
 ) -> Result<Identity, AuthError> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(AuthError::TooLarge);
+    }
     let mut validation = Validation::new(settings.jwt_algorithm);
     validation.leeway = 0;
     validation.validate_exp = true;
+    validation.validate_nbf = true;
     match &settings.jwt_audience {
         Some(audiences) => {
             validation.set_audience(audiences);
@@ -117,6 +138,7 @@ pub fn verify(
     }
     let data = decoded.map_err(|e| match e.kind() {
         ErrorKind::ExpiredSignature => AuthError::Expired,
+        ErrorKind::ImmatureSignature => AuthError::NotYetValid,
         _ => AuthError::Invalid,
     })?;
     let claims = data.claims;
@@ -133,7 +155,13 @@ pub fn verify(
         AccountAccess::All => AccountScope::All,
         AccountAccess::Claim => {
             let accounts = claims.accounts.ok_or(AuthError::NoAccounts)?;
-            let ids: BTreeSet<String> = accounts.iter().filter_map(id_string).collect();
+            // Every entry an account id (as `subscribe` takes them) or `*`: a token that names
+            // something else is refused whole rather than read in part.
+            let ids = accounts
+                .iter()
+                .map(|v| id_string(v).filter(|id| id == "*" || is_valid_account_id(id)))
+                .collect::<Option<BTreeSet<String>>>()
+                .ok_or(AuthError::InvalidAccounts)?;
             if ids.contains("*") {
                 AccountScope::All
             } else {
@@ -433,6 +461,46 @@ mod tests {
             verify(&settings(&[]), &other, None),
             Err(AuthError::Invalid)
         );
+    }
+
+    #[test]
+    fn nbf_accounts_and_size_are_checked() {
+        let s = settings(&[]);
+        let exp = in_a_minute();
+        let tomorrow = exp + 24 * 3600;
+        let early = signed(
+            json!({ "userId": "u", "accounts": ["a"], "exp": tomorrow, "nbf": tomorrow - 60 }),
+        );
+        assert_eq!(verify(&s, &early, None), Err(AuthError::NotYetValid));
+        let past_nbf =
+            signed(json!({ "userId": "u", "accounts": ["a"], "exp": exp, "nbf": exp - 120 }));
+        assert!(verify(&s, &past_nbf, None).is_ok());
+        for bad in [
+            json!(["bad account"]),
+            json!([">"]),
+            json!(["a", true]),
+            json!([{}]),
+            json!([""]),
+        ] {
+            let t = signed(json!({ "userId": "u", "accounts": bad, "exp": exp }));
+            assert_eq!(
+                verify(&s, &t, None),
+                Err(AuthError::InvalidAccounts),
+                "{bad}"
+            );
+        }
+        let numbers =
+            signed(json!({ "userId": "u", "accounts": [17841400000000000u64, "b-1"], "exp": exp }));
+        assert_eq!(
+            verify(&s, &numbers, None).map(|i| i.scope),
+            Ok(AccountScope::Only(
+                ["17841400000000000".to_owned(), "b-1".to_owned()].into()
+            ))
+        );
+        let huge = signed(
+            json!({ "userId": "u", "accounts": ["a"], "exp": exp, "pad": "x".repeat(MAX_TOKEN_BYTES) }),
+        );
+        assert_eq!(verify(&s, &huge, None), Err(AuthError::TooLarge));
     }
 
     #[test]

@@ -25,6 +25,10 @@ pub struct GatewayArgs {
     /// Address to bind.
     #[arg(long, env = "BIND_ADDRESS", default_value = "0.0.0.0")]
     pub bind: String,
+    /// A second port for `/metrics`, `/healthz`, `/readyz` and `/admin/connections`, which then
+    /// leave PORT (health stays there too): keep it private to the cluster. Unset: all on PORT.
+    #[arg(long, env = "OPS_PORT")]
+    pub ops_port: Option<u16>,
     /// NATS server URL.
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
@@ -102,9 +106,22 @@ pub struct GatewayOptions {
     /// Largest message a client may send, in bytes.
     #[arg(long, env = "MAX_CLIENT_PAYLOAD_BYTES", default_value_t = 16 * 1024)]
     pub max_client_payload_bytes: u64,
-    /// Packets queued for one socket before it counts as too slow and is disconnected.
+    /// Packets queued for one socket before it counts as too slow: its transport is then
+    /// closed, and socket.io-client reconnects and resumes by itself.
     #[arg(long, env = "CLIENT_BUFFER_PACKETS", default_value_t = 1024)]
     pub client_buffer_packets: usize,
+    /// Engine.io sessions without a Socket.IO connect yet, in all; past it new sessions get
+    /// 503 (each such session lives at most AUTH_TIMEOUT_SECS).
+    #[arg(long, env = "MAX_PENDING_SESSIONS", default_value_t = 10_000)]
+    pub max_pending_sessions: usize,
+    /// Sessions without a Socket.IO connect yet that one address may hold while it opens
+    /// sessions faster than IP_CONNECT_RATE; past it its new sessions get 429.
+    #[arg(long, env = "MAX_PENDING_PER_IP", default_value_t = 20)]
+    pub max_pending_per_ip: usize,
+    /// Most events one resume replays; a client that missed more gets none and
+    /// `replay_complete` with `complete: false, reason: "too_many"` (it reloads instead).
+    #[arg(long, env = "REPLAY_MAX_EVENTS", default_value_t = 1000)]
+    pub replay_max_events: u64,
     /// Seconds a shutdown may take before remaining connections are dropped.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 10)]
     pub shutdown_timeout_secs: u64,
@@ -147,6 +164,9 @@ pub struct GatewaySettings {
     pub trusted_proxies: Vec<IpNet>,
     pub max_client_payload_bytes: u64,
     pub client_buffer_packets: usize,
+    pub max_pending_sessions: usize,
+    pub max_pending_per_ip: usize,
+    pub replay_max_events: u64,
     pub shutdown_timeout: Duration,
     /// Token of `GET /admin/connections`; `None`: the endpoint is off.
     pub admin_token: Option<String>,
@@ -164,6 +184,39 @@ impl std::fmt::Debug for GatewaySettings {
                 &self.admin_token.as_ref().map(|_| "<redacted>"),
             )
             .finish_non_exhaustive()
+    }
+}
+
+/// The gateway service's whole configuration, checked.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub port: u16,
+    pub bind: String,
+    pub ops_port: Option<u16>,
+    pub nats_url: String,
+    pub log_format: String,
+    pub gateway: GatewaySettings,
+}
+
+impl Config {
+    /// Checks every setting, the log settings included, and reports all problems at once.
+    pub fn from_args(args: GatewayArgs) -> Result<Self, ConfigError> {
+        let log_problems = instantchat_telemetry::check_log_settings(&args.log_format, None);
+        match args.gateway.settings() {
+            Ok(gateway) if log_problems.is_empty() => Ok(Config {
+                port: args.port,
+                bind: args.bind,
+                ops_port: args.ops_port,
+                nats_url: args.nats_url,
+                log_format: args.log_format,
+                gateway,
+            }),
+            result => {
+                let mut problems = result.err().map(|e| e.0).unwrap_or_default();
+                problems.extend(log_problems);
+                Err(ConfigError(problems))
+            }
+        }
     }
 }
 
@@ -315,6 +368,9 @@ impl GatewayOptions {
         if self.max_client_payload_bytes < 1024 {
             problems.push("MAX_CLIENT_PAYLOAD_BYTES: must be at least 1024".into());
         }
+        if self.max_pending_sessions == 0 || self.max_pending_per_ip == 0 {
+            problems.push("MAX_PENDING_SESSIONS and MAX_PENDING_PER_IP: must be at least 1".into());
+        }
         if self.client_buffer_packets < 16 {
             problems.push("CLIENT_BUFFER_PACKETS: must be at least 16".into());
         }
@@ -349,6 +405,9 @@ impl GatewayOptions {
                 trusted_proxies,
                 max_client_payload_bytes: self.max_client_payload_bytes,
                 client_buffer_packets: self.client_buffer_packets,
+                max_pending_sessions: self.max_pending_sessions,
+                max_pending_per_ip: self.max_pending_per_ip,
+                replay_max_events: self.replay_max_events,
                 shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs),
                 admin_token,
             }),

@@ -1,22 +1,20 @@
-//! Token expiry: `auth_expired` at the token's `exp`, then a disconnect once the grace period
-//! has passed, unless the client authenticated again in between.
+//! Token expiry: at a token's `exp`, and again once the grace period after it has passed, the
+//! socket is due for a check (its owner sends `auth_expired`, then disconnects the socket unless
+//! it authenticated again in between).
 //!
 //! One task and one timer queue serve every socket: a connection costs an entry in the queue,
 //! not a sleeping task of its own, and a socket that leaves is dropped from the queue at once,
-//! so nothing keeps it in memory until its token would have expired.
+//! so nothing keeps it in memory until its token would have expired. This module only keeps
+//! time; what is done when an entry is due is the caller's (see [`run`]).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::json;
+use instantchat_event::now_ms;
+use parking_lot::Mutex;
 use socketioxide::socket::Sid;
 use tokio::sync::{mpsc, watch};
 use tokio_util::time::{DelayQueue, delay_queue};
-
-use crate::handlers::now_ms;
-use crate::hub::Hub;
-use crate::session::SessionRef;
 
 /// The longest single wait in the queue; a later expiry is waited for in steps.
 const MAX_WAIT: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -35,25 +33,34 @@ enum Command {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
-    /// At the token's expiry: `auth_expired`.
+    /// At the token's expiry.
     Expiry { expires_at_ms: u64 },
-    /// At the end of the grace period: disconnect.
+    /// At the end of the grace period.
     Grace,
 }
 
 #[derive(Debug)]
 struct Entry {
     sid: Sid,
-    /// The session's `auth_generation` when armed; a fresh `authenticate` changes it.
+    /// The session's authentication generation when armed; a fresh `authenticate` changes it.
     generation: u64,
     phase: Phase,
 }
 
-/// The handle the handlers use; [`run`] does the waiting.
-#[derive(Debug)]
+/// What has come due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    /// The token of `sid`'s authentication `generation` has expired.
+    Expired { sid: Sid, generation: u64 },
+    /// The grace period after that expiry is over.
+    GraceOver { sid: Sid, generation: u64 },
+}
+
+/// The handle the sockets use; [`run`] does the waiting. Cheap to clone.
+#[derive(Debug, Clone)]
 pub struct Expiries {
     tx: mpsc::UnboundedSender<Command>,
-    rx: Mutex<Option<mpsc::UnboundedReceiver<Command>>>,
+    rx: std::sync::Arc<Mutex<Option<mpsc::UnboundedReceiver<Command>>>>,
 }
 
 impl Default for Expiries {
@@ -61,7 +68,7 @@ impl Default for Expiries {
         let (tx, rx) = mpsc::unbounded_channel();
         Expiries {
             tx,
-            rx: Mutex::new(Some(rx)),
+            rx: std::sync::Arc::new(Mutex::new(Some(rx))),
         }
     }
 }
@@ -83,16 +90,17 @@ impl Expiries {
     }
 }
 
-/// Serves the expiries until `shutdown` turns true. Runs once per hub; a second call returns
-/// at once.
-pub async fn run(hub: Arc<Hub>, mut shutdown: watch::Receiver<bool>) {
-    let Some(mut commands) = hub
-        .expiries
-        .rx
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take()
-    else {
+/// Serves the expiries until `shutdown` turns true. When an entry comes due, `on_due` is
+/// called; for [`Due::Expired`] it returns whether the socket is still there with that
+/// generation, and then [`Due::GraceOver`] follows `grace` later. Runs once per [`Expiries`]; a
+/// second call returns at once.
+pub async fn run(
+    expiries: &Expiries,
+    grace: Duration,
+    mut shutdown: watch::Receiver<bool>,
+    on_due: impl Fn(Due) -> bool,
+) {
+    let Some(mut commands) = expiries.rx.lock().take() else {
         return;
     };
     let mut queue = Queue::default();
@@ -108,7 +116,7 @@ pub async fn run(hub: Arc<Hub>, mut shutdown: watch::Receiver<bool>) {
                 None => return,
             },
             Some(entry) = std::future::poll_fn(|cx| queue.poll_expired(cx)) => {
-                if let Some((entry, wait)) = fire(&hub, entry) {
+                if let Some((entry, wait)) = fire(entry, grace, &on_due) {
                     queue.insert(entry, wait);
                 }
             }
@@ -118,12 +126,10 @@ pub async fn run(hub: Arc<Hub>, mut shutdown: watch::Receiver<bool>) {
 }
 
 /// Acts on an entry whose time has come; returns the next step to wait for, if any.
-fn fire(hub: &Hub, entry: Entry) -> Option<(Entry, Duration)> {
-    let socket = hub.io()?.get_socket(entry.sid)?;
-    let session = socket.extensions.get::<SessionRef>()?;
-    if !socket.connected() || session.lock().auth_generation != entry.generation {
-        return None;
-    }
+fn fire(entry: Entry, grace: Duration, on_due: &impl Fn(Due) -> bool) -> Option<(Entry, Duration)> {
+    let Entry {
+        sid, generation, ..
+    } = entry;
     match entry.phase {
         Phase::Expiry { expires_at_ms } => {
             let left = expires_at_ms.saturating_sub(now_ms());
@@ -131,16 +137,16 @@ fn fire(hub: &Hub, entry: Entry) -> Option<(Entry, Duration)> {
                 // A wait longer than the queue's longest: not there yet.
                 return Some((entry, Duration::from_millis(left)));
             }
-            let _ = socket.emit("auth_expired", &json!({ "timestamp": now_ms() }));
-            let grace = Entry {
-                phase: Phase::Grace,
-                ..entry
-            };
-            Some((grace, hub.settings.auth_expiry_grace))
+            on_due(Due::Expired { sid, generation }).then_some((
+                Entry {
+                    phase: Phase::Grace,
+                    ..entry
+                },
+                grace,
+            ))
         }
         Phase::Grace => {
-            tracing::debug!(sid = %socket.id, "token expired; disconnecting");
-            let _ = socket.disconnect();
+            on_due(Due::GraceOver { sid, generation });
             None
         }
     }

@@ -3,15 +3,20 @@
 //! Everything of the gateway is named `instantchat_gateway_*`; the process's resident memory is
 //! `process_resident_memory_bytes`. A binary that serves more than the gateway on the same
 //! `/metrics` (the single-process mode) adds its metrics with [`Metrics::register`].
-
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+//!
+//! Every label value is one the server defines: event types from a fixed list (`other` for the
+//! rest, see [`instantchat_event::event_type_label`]), reasons and kinds from enums. A value a
+//! client chose would let it add series without end, and make every scrape longer.
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use async_nats::connection::State;
+use instantchat_event::event_type_label;
 use instantchat_telemetry::metrics::{ProbeGauge, ProcessMemory};
+use parking_lot::Mutex;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -20,15 +25,32 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
-use socketioxide::SocketIo;
 
-use crate::session::SessionRef;
+type Labels = Vec<(&'static str, &'static str)>;
 
-type Labels = Vec<(&'static str, String)>;
+/// Counts sockets per event type on every scrape.
+struct SubscriptionCounter(Box<dyn Fn() -> BTreeMap<&'static str, i64> + Send + Sync>);
+
+impl fmt::Debug for SubscriptionCounter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SubscriptionCounter")
+    }
+}
 
 /// Every metric the gateway exports.
+#[derive(Debug, Clone)]
+pub struct Metrics(Arc<Inner>);
+
+impl std::ops::Deref for Metrics {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+/// The metrics themselves, shared by every clone of [`Metrics`].
 #[derive(Debug)]
-pub struct Metrics {
+pub struct Inner {
     registry: Mutex<Registry>,
     pub connections: Gauge,
     pub authenticated: Gauge,
@@ -47,13 +69,13 @@ pub struct Metrics {
     pub delivery_latency: Histogram,
     /// The NATS client whose connection state `nats_connected` reports (unset: not exported).
     nats: Arc<OnceLock<async_nats::Client>>,
-    /// The Socket.IO server whose sockets `subscriptions` counts on scrape.
-    io: Arc<OnceLock<SocketIo>>,
+    /// What `subscriptions` counts on scrape.
+    subscriptions: Arc<OnceLock<SubscriptionCounter>>,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        let m = Metrics {
+        let m = Inner {
             connections: Gauge::default(),
             authenticated: Gauge::default(),
             auth_failures: Family::default(),
@@ -69,7 +91,7 @@ impl Default for Metrics {
             // broker outage takes seconds.
             delivery_latency: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             nats: Arc::default(),
-            io: Arc::default(),
+            subscriptions: Arc::default(),
             registry: Mutex::default(),
         };
         let mut root = Registry::default();
@@ -85,7 +107,7 @@ impl Default for Metrics {
             "Authenticated connections",
             m.authenticated.clone(),
         );
-        registry.register_collector(Box::new(Subscriptions(m.io.clone())));
+        registry.register_collector(Box::new(Subscriptions(m.subscriptions.clone())));
         registry.register(
             "auth_failures",
             "Refused authentications by reason",
@@ -142,10 +164,10 @@ impl Default for Metrics {
                     .map(|c| i64::from(c.connection_state() == State::Connected))
             },
         )));
-        Metrics {
+        Metrics(Arc::new(Inner {
             registry: Mutex::new(root),
             ..m
-        }
+        }))
     }
 }
 
@@ -153,7 +175,7 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        let registry = self.registry.lock();
         if encode(&mut out, &registry).is_err() {
             out.clear();
         }
@@ -163,7 +185,7 @@ impl Metrics {
     /// Adds more metrics to what [`render`](Self::render) serves (e.g. ingest's, when both run
     /// in one process).
     pub fn register(&self, add: impl FnOnce(&mut Registry)) {
-        add(&mut self.registry.lock().unwrap_or_else(|p| p.into_inner()));
+        add(&mut self.registry.lock());
     }
 
     /// Reports `client`'s connection state as `instantchat_gateway_nats_connected`.
@@ -181,20 +203,31 @@ impl Metrics {
             .observe(Duration::from_millis(ms).as_secs_f64());
     }
 
-    /// The Socket.IO server whose subscriptions are counted on scrape.
-    pub(crate) fn set_io(&self, io: SocketIo) {
-        let _ = self.io.set(io);
+    /// What `subscriptions` counts on scrape: sockets per event type.
+    pub(crate) fn count_subscriptions_with(
+        &self,
+        count: impl Fn() -> BTreeMap<&'static str, i64> + Send + Sync + 'static,
+    ) {
+        let _ = self.subscriptions.set(SubscriptionCounter(Box::new(count)));
     }
 
-    pub fn label(name: &'static str, value: impl Into<String>) -> Labels {
-        vec![(name, value.into())]
+    /// `events_delivered`: `n` emits of an event of `event_type`.
+    pub fn delivered(&self, event_type: &str, n: u64) {
+        self.delivered
+            .get_or_create(&label("event_type", event_type_label(event_type)))
+            .inc_by(n);
     }
+}
+
+/// One label with a value the server defines.
+pub fn label(name: &'static str, value: &'static str) -> Labels {
+    vec![(name, value)]
 }
 
 /// `instantchat_gateway_subscriptions{event_type}`: sockets subscribed to each event type,
 /// counted from the sessions on every scrape (exact, and nothing to keep in step on the
 /// subscribe path).
-struct Subscriptions(Arc<OnceLock<SocketIo>>);
+struct Subscriptions(Arc<OnceLock<SubscriptionCounter>>);
 
 impl fmt::Debug for Subscriptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -204,20 +237,11 @@ impl fmt::Debug for Subscriptions {
 
 impl Collector for Subscriptions {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
-        let mut counts: BTreeMap<String, i64> = BTreeMap::new();
-        if let Some(io) = self.0.get() {
-            for socket in io.sockets() {
-                if let Some(session) = socket.extensions.get::<SessionRef>() {
-                    for t in &session.lock().event_types {
-                        *counts.entry(t.clone()).or_default() += 1;
-                    }
-                }
-            }
-        }
+        let counts = self.0.get().map(|count| (count.0)()).unwrap_or_default();
         let family = Family::<Labels, Gauge>::default();
         for (event_type, n) in counts {
             family
-                .get_or_create(&Metrics::label("event_type", event_type))
+                .get_or_create(&label("event_type", event_type))
                 .set(n);
         }
         let metric = encoder.encode_descriptor(

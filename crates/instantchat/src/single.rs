@@ -115,8 +115,10 @@ pub async fn run(mut args: SingleArgs, dev: bool, log_problems: Vec<String>) -> 
         gateway.watch_nats(client);
     }
     let dev_login = if dev { dev_login(&args)? } else { None };
-    let router =
-        gateway.router_with(webhook_router(ingest).merge(console::router(dev_login.clone())));
+    let router = gateway.router_with(
+        webhook_router(ingest).merge(console::router(dev_login.clone())),
+        false,
+    );
     let bind = args
         .bind
         .clone()
@@ -135,7 +137,12 @@ pub async fn run(mut args: SingleArgs, dev: bool, log_problems: Vec<String>) -> 
     }
     tracing::info!(%bind, port, bus = bus.kind(), "instantchat listening");
     gateway
-        .serve_router(router, listener, instantchat_service::shutdown::signal())
+        .serve_router(
+            router,
+            listener,
+            None,
+            instantchat_service::shutdown::signal(),
+        )
         .await?;
     Ok(())
 }
