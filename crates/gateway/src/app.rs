@@ -112,9 +112,8 @@ impl Gateway {
     /// `/healthz`, `/readyz`, `/metrics` and (with `ADMIN_TOKEN`) `/admin/connections`.
     pub fn ops_router(&self) -> Router {
         let hub = &self.hub;
-        let mut routes = health().merge(
+        let mut routes = health(hub).merge(
             Router::new()
-                .route("/readyz", get(readyz))
                 .route("/metrics", get(metrics))
                 .with_state(hub.clone()),
         );
@@ -131,7 +130,8 @@ impl Gateway {
     }
 
     /// Socket.IO and `extra` (the single-process mode adds the webhook route), with the ops
-    /// routes unless `ops_apart` (they are then served on their own port; health stays), behind
+    /// routes unless `ops_apart` (`/metrics` and `/admin` are then served on their own port;
+    /// health and readiness stay), behind
     /// the admission of new sessions, the origin check and CORS.
     pub fn router_with(&self, extra: Router, ops_apart: bool) -> Router {
         let hub = &self.hub;
@@ -146,7 +146,7 @@ impl Gateway {
             .allow_methods([Method::GET, Method::POST])
             .allow_credentials(true);
         let ops = if ops_apart {
-            health()
+            health(hub)
         } else {
             self.ops_router()
         };
@@ -328,9 +328,13 @@ async fn bind(host: &str, port: u16) -> Result<TcpListener, StartError> {
         })
 }
 
-/// `/healthz`: the process answers.
-fn health() -> Router {
-    Router::new().route("/healthz", get(|| async { "ok" }))
+/// `/healthz` (the process answers) and `/readyz` (it can serve: the broker reachable, not
+/// draining), on every port.
+fn health(hub: &Arc<Hub>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(hub.clone())
 }
 
 /// A request that opens an engine.io session: `/socket.io/` without a `sid`.

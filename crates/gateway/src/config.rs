@@ -25,8 +25,8 @@ pub struct GatewayArgs {
     /// Address to bind.
     #[arg(long, env = "BIND_ADDRESS", default_value = "0.0.0.0")]
     pub bind: String,
-    /// A second port for `/metrics`, `/healthz`, `/readyz` and `/admin/connections`, which then
-    /// leave PORT (health stays there too): keep it private to the cluster. Unset: all on PORT.
+    /// A second port for `/metrics` and `/admin/connections` (and health), which then leave
+    /// PORT: keep it private to the cluster. Unset: all on PORT.
     #[arg(long, env = "OPS_PORT")]
     pub ops_port: Option<u16>,
     /// NATS server URL.
