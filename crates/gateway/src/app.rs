@@ -119,7 +119,12 @@ impl Gateway {
         );
         // The operator's view exists only with a token.
         if let Some(token) = &hub.settings.admin_token {
-            let state = AdminState::new(hub.clone(), token, self.started, self.started_at_ms);
+            let state = AdminState::new(
+                hub.clone(),
+                token.expose(),
+                self.started,
+                self.started_at_ms,
+            );
             routes = routes.merge(
                 Router::new()
                     .route("/admin/connections", get(admin::connections))

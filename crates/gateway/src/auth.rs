@@ -515,7 +515,9 @@ mod tests {
         .expect("flags");
         let err = args.gateway.settings().expect_err("refused");
         assert!(
-            err.0.iter().any(|p| p.starts_with("JWT_SECRET_PREVIOUS")),
+            err.problems
+                .iter()
+                .any(|p| p.starts_with("JWT_SECRET_PREVIOUS")),
             "{err:?}"
         );
     }

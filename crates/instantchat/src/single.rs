@@ -7,11 +7,11 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use instantchat_broker::{EventBus, MemoryBus, NatsBus, Retention};
 use instantchat_gateway::auth::mint_token_for;
-use instantchat_gateway::config::ConfigError;
 use instantchat_gateway::config::audiences;
 use instantchat_gateway::{Gateway, GatewayOptions};
 use instantchat_ingest::config::webhook_settings;
 use instantchat_ingest::{IngestState, webhook_router};
+use instantchat_service::config::ConfigError;
 
 use crate::console::{self, DevLogin};
 use crate::random_hex;
@@ -80,7 +80,7 @@ pub async fn run(mut args: SingleArgs, dev: bool, log_problems: Vec<String>) -> 
     let gateway_settings = match args.gateway.settings() {
         Ok(s) => Some(s),
         Err(e) => {
-            problems.extend(e.0);
+            problems.extend(e.problems);
             None
         }
     };
@@ -88,7 +88,7 @@ pub async fn run(mut args: SingleArgs, dev: bool, log_problems: Vec<String>) -> 
     else {
         bail!(
             "{}\nRun with --help for every setting.",
-            ConfigError(problems)
+            ConfigError { problems }
         );
     };
     let retention = Retention {
