@@ -12,8 +12,9 @@
 //! - [`monitor`]: a progress line every second, samples, CPU and memory from `/proc`
 //!   ([`procfs`] reads it).
 //! - [`hist`]: HDR latency histograms and how workers send them to the coordinator.
-//! - [`scenarios`]: `fanout`, `latency`, `idle`, `scale-out`, `storm`; each writes a summary
-//!   table to stdout and JSON to `--out`.
+//! - [`scenarios`]: `fanout`, `latency`, `churn`, `idle`, `scale-out`, `storm`; each writes a
+//!   summary table to stdout and JSON to `--out`.
+//! - [`churn`]: clients that join with accounts of their own and leave, beside the measured ones.
 //! - [`floor`]: the machine's own loopback TCP latency for a fan-out of a given shape, with no
 //!   InstantChat in the path: the reference `latency` is read against.
 
@@ -22,6 +23,8 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 
+pub mod churn;
+pub mod designs;
 pub mod floor;
 pub mod hist;
 pub mod mix;
@@ -59,6 +62,10 @@ pub enum Scenario {
     Fanout(FanoutArgs),
     /// A fixed event rate: end-to-end latency percentiles (POST sent to webhook_event received).
     Latency(LatencyArgs),
+    /// `latency`'s steady clients while R clients a second join, each with a new account, and
+    /// leave: the steady clients' latency percentiles and completeness, CPU of the gateway and
+    /// of nats-server.
+    Churn(ChurnArgs),
     /// N authenticated, subscribed, idle connections: gateway memory per connection and CPU.
     Idle(IdleArgs),
     /// Clients spread so that each gateway's clients see their own accounts: events each gateway
@@ -68,6 +75,10 @@ pub enum Scenario {
     /// events keep flowing; every client resumes with `since`: time until all are back,
     /// completeness.
     Storm(StormArgs),
+    /// No InstantChat at all: what each way of taking a gateway's accounts from NATS costs the
+    /// broker (a filtered consumer made again per join, core subscriptions, one wildcard
+    /// consumer per gateway), for several numbers of accounts.
+    Designs(designs::DesignsArgs),
     /// No InstantChat at all: one lean sender writes a frame to each of N loopback TCP sockets
     /// per event, at a fixed rate; receiver processes read them. The machine's own latency for
     /// the fan-out `latency` measures, and so the floor of its figures.
@@ -191,6 +202,35 @@ pub struct LatencyArgs {
     /// Against `instantchat serve` instead of ingest + gateway + NATS.
     #[arg(long)]
     pub single: bool,
+    #[command(flatten)]
+    pub mix: MixArgs,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Clone, clap::Args, Serialize)]
+pub struct ChurnArgs {
+    /// Steady clients, measured (client i sees account i % A).
+    #[arg(long, default_value_t = 16_000)]
+    pub clients: usize,
+    /// Webhooks per second to the steady clients' accounts.
+    #[arg(long, default_value_t = 200.0)]
+    pub rate: f64,
+    /// Clients joining per second (and as many leaving), each with an account of its own;
+    /// 0 for the same run without churn.
+    #[arg(long, default_value_t = 50.0)]
+    pub churn_rate: f64,
+    /// Seconds each joining client stays before it leaves.
+    #[arg(long, default_value_t = 1.0)]
+    pub churn_lifetime: f64,
+    /// Seconds of sending.
+    #[arg(long, default_value_t = 30)]
+    pub duration: u64,
+    /// Most webhook POSTs in flight.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    #[arg(long, default_value_t = 1_000_000)]
+    pub max_events: u64,
     #[command(flatten)]
     pub mix: MixArgs,
     #[command(flatten)]
@@ -347,10 +387,12 @@ pub fn main() -> std::process::ExitCode {
             Scenario::Worker => worker::run().await,
             Scenario::Fanout(a) => scenarios::fanout(a).await,
             Scenario::Latency(a) => scenarios::latency(a).await,
+            Scenario::Churn(a) => scenarios::churn(a).await,
             Scenario::Idle(a) => scenarios::idle(a).await,
             Scenario::ScaleOut(a) => scenarios::scale_out(a).await,
             Scenario::Storm(a) => scenarios::storm(a).await,
             Scenario::Floor(a) => floor::floor(a).await,
+            Scenario::Designs(a) => designs::designs(a).await,
             Scenario::FloorReceiver(a) => floor::floor_receiver(a).await,
         }
     });

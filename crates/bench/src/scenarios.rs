@@ -20,7 +20,9 @@ use crate::procfs::{self, Machine};
 use crate::publisher::Publisher;
 use crate::system::{JWT_SECRET, System, SystemConfig};
 use crate::worker::{Finish, Placement, WorkerSpec, now_us};
-use crate::{Common, FanoutArgs, IdleArgs, LatencyArgs, ScaleOutArgs, StormArgs, StormMode};
+use crate::{
+    ChurnArgs, Common, FanoutArgs, IdleArgs, LatencyArgs, ScaleOutArgs, StormArgs, StormMode,
+};
 
 /// A target of the brief and how the run compares.
 #[derive(Debug, Clone, Serialize)]
@@ -755,6 +757,103 @@ pub async fn latency(a: LatencyArgs) -> anyhow::Result<()> {
         "delivery": complete,
         "counters": merged.counters,
         "connect_latency": hist::summarize(&merged.connect),
+        "gateway_metrics": metrics,
+    });
+    run.end(json!(a), result).await
+}
+
+/// `churn`: `latency`'s steady clients while others join with accounts of their own and leave.
+pub async fn churn(a: ChurnArgs) -> anyhow::Result<()> {
+    let mix = a.mix.mix(a.clients.div_ceil(2).max(1));
+    let mut run = Run::start("churn", &a.common, 1, false).await?;
+    let connect = run
+        .connect(a.clients, &mix, Placement::RoundRobin, false, false)
+        .await?;
+    let p = run.publisher(&mix, a.clients)?;
+    let urls: Vec<String> = run
+        .system
+        .gateway_ports()
+        .iter()
+        .map(|port| format!("http://127.0.0.1:{port}"))
+        .collect();
+    let stop = CancellationToken::new();
+    let max = (a.churn_rate * (a.duration as f64 + 5.0)).ceil() as u64;
+    let lifetime = Duration::from_secs_f64(a.churn_lifetime.max(0.0));
+    let (churning, churn) = crate::churn::spawn(urls, a.churn_rate, lifetime, max, stop.clone());
+    let m = run
+        .measure(
+            &p,
+            Pacing::Rate {
+                rate: a.rate,
+                concurrency: a.concurrency,
+            },
+            a.duration,
+            a.max_events,
+        )
+        .await;
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(15), churning).await;
+    let metrics = run.scrape_all().await;
+    let merged = run.finish(&p.finish()).await?;
+    let latency = hist::summarize(&merged.latency);
+    let join = hist::summarize(&churn.join_hist());
+    let (joined, left, failed) = (
+        churn.joined.load(Ordering::Relaxed),
+        churn.left.load(Ordering::Relaxed),
+        churn.failed.load(Ordering::Relaxed),
+    );
+    run.row(
+        "load",
+        format!(
+            "{} events/s to {} steady clients over {} accounts; {} clients/s joining with new accounts, staying {} s",
+            a.rate,
+            a.clients,
+            mix.accounts.len(),
+            a.churn_rate,
+            a.churn_lifetime
+        ),
+    );
+    run.row(
+        "churn",
+        format!("{joined} joined, {left} left, {failed} failed"),
+    );
+    run.latency_row("steady clients' latency", &latency);
+    run.latency_row("a joining client's connect to subscribed", &join);
+    run.cpu_row(&m);
+    let complete = run.completeness(&merged);
+    run.target(
+        "steady clients' p99 while clients come and go",
+        "< 50 ms",
+        format!("{:.2} ms", latency.p99_ms),
+        latency.p99_ms < 50.0,
+    );
+    let nats = m.cpu.get("nats-server").map_or(0.0, |u| u.cpu_cores);
+    run.target(
+        "nats-server CPU",
+        "< 0.2 core",
+        format!("{nats:.3} core"),
+        nats < 0.2,
+    );
+    run.target(
+        "joining clients that failed",
+        "0",
+        failed.to_string(),
+        failed == 0,
+    );
+    let result = json!({
+        "connect": connect,
+        "clients": a.clients,
+        "rate": a.rate,
+        "accounts": mix.accounts.len(),
+        "churn_rate": a.churn_rate,
+        "churn_lifetime_secs": a.churn_lifetime,
+        "churn": { "joined": joined, "left": left, "failed": failed, "join_latency": join },
+        "events_sent": p.sent(),
+        "events_failed": p.failed(),
+        "measure": m,
+        "latency": latency,
+        "delivery": complete,
+        "counters": merged.counters,
         "gateway_metrics": metrics,
     });
     run.end(json!(a), result).await
