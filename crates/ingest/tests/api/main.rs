@@ -4,6 +4,7 @@
 mod binary;
 mod broker;
 mod helpers;
+mod hostile;
 mod refused;
 mod shutdown;
 mod verify;
