@@ -12,10 +12,14 @@
 //! bytes. Parsing borrows from the body ([`serde_json::value::RawValue`]), so details keep Meta's
 //! values byte for byte and derived ids hash the item exactly as it was sent.
 //!
+//! A body with a key repeated within one object is refused as a whole
+//! ([`Rejected::DuplicateKey`]): `duplicates` finds it.
+//!
 //! Inside: `envelope` walks the outer layers (`object`, `entry[]`, the item lists) in one pass;
 //! `json` gives borrowed views of objects and strings; `timestamp` reads Meta's seconds,
 //! milliseconds and ISO strings and writes `2025-02-21T16:52:54.000Z`.
 
+mod duplicates;
 mod envelope;
 mod json;
 pub mod normalize;
