@@ -375,6 +375,15 @@ impl IngestProcess {
         self.child.id().expect("the ingest binary is running")
     }
 
+    /// SIGKILL, as a crash or the OOM killer would, and waits for the process to be gone.
+    pub async fn kill(&mut self) {
+        self.child.start_kill().expect("SIGKILL the ingest binary");
+        tokio::time::timeout(TIMEOUT, self.child.wait())
+            .await
+            .expect("the killed binary is reaped")
+            .expect("wait for the binary");
+    }
+
     /// The process's resident memory now, in KiB (`VmRSS`).
     pub fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))

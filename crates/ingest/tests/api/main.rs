@@ -5,6 +5,7 @@ mod binary;
 mod broker;
 mod helpers;
 mod hostile;
+mod killed;
 mod refused;
 mod shutdown;
 mod verify;
