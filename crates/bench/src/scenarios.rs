@@ -122,6 +122,7 @@ impl Run {
             gateways,
             single,
             gateway_env,
+            ingest_env: Vec::new(),
         })
         .await?;
         eprintln!(
