@@ -26,7 +26,10 @@ pub(crate) struct Duplicate {
 
 enum Frame<'a> {
     Object {
-        keys: Vec<Cow<'a, str>>,
+        /// Where this object's keys start in the scan's one list of keys (objects nest, so
+        /// the keys of the open objects are stacked there and dropped as each one closes).
+        keys_from: usize,
+        /// The keys, once there are more than [`LINEAR_KEYS`] of them.
         set: Option<HashSet<Cow<'a, str>>>,
         /// The key whose value comes next, or is being read.
         current: Option<Cow<'a, str>>,
@@ -38,21 +41,26 @@ enum Frame<'a> {
 }
 
 /// The first repeated key in `text`, which must be valid JSON (else the answer means nothing).
+/// Allocates nothing for a body without escaped keys or objects of more than [`LINEAR_KEYS`]
+/// keys but its two stacks.
 pub(crate) fn first_duplicate(text: &str) -> Option<Duplicate> {
     let bytes = text.as_bytes();
-    let mut stack: Vec<Frame<'_>> = Vec::new();
+    let mut stack: Vec<Frame<'_>> = Vec::with_capacity(8);
+    let mut keys: Vec<Cow<'_, str>> = Vec::with_capacity(32);
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
             b'{' => stack.push(Frame::Object {
-                keys: Vec::new(),
+                keys_from: keys.len(),
                 set: None,
                 current: None,
                 expecting_key: true,
             }),
             b'[' => stack.push(Frame::Array { index: 0 }),
             b'}' | b']' => {
-                stack.pop();
+                if let Some(Frame::Object { keys_from, .. }) = stack.pop() {
+                    keys.truncate(keys_from);
+                }
             }
             b',' => match stack.last_mut() {
                 Some(Frame::Array { index }) => *index += 1,
@@ -62,7 +70,7 @@ pub(crate) fn first_duplicate(text: &str) -> Option<Duplicate> {
             b'"' => {
                 let end = string_end(bytes, i);
                 if let Some(Frame::Object {
-                    keys,
+                    keys_from,
                     set,
                     current,
                     expecting_key,
@@ -74,10 +82,10 @@ pub(crate) fn first_duplicate(text: &str) -> Option<Duplicate> {
                     let seen = match set {
                         Some(set) => !set.insert(key.clone()),
                         None => {
-                            let seen = keys.contains(&key);
+                            let seen = keys[*keys_from..].contains(&key);
                             keys.push(key.clone());
-                            if keys.len() > LINEAR_KEYS {
-                                *set = Some(keys.drain(..).collect());
+                            if keys.len() - *keys_from > LINEAR_KEYS {
+                                *set = Some(keys.drain(*keys_from..).collect());
                             }
                             seen
                         }
