@@ -75,6 +75,7 @@ pub struct IngestArgs {
     /// The Instagram webhook fixtures: a directory with `manifest.json` and the bodies it lists
     /// (the directory the tests read).
     #[arg(long, env = "INSTANTCHAT_FIXTURES")]
+    #[serde(skip)]
     pub fixtures: PathBuf,
     /// Only the ingest phase.
     #[arg(long, conflicts_with = "floor_only")]
