@@ -84,7 +84,7 @@ pub struct IngestArgs {
     #[arg(long)]
     pub floor_only: bool,
     /// Use the nats-server at this URL instead of starting one (with --ingest-url, use both).
-    /// The bench then never stops it, and reads back only its own messages.
+    /// The bench then never stops it, and checks only its own messages in the streams.
     #[arg(long)]
     pub nats_url: Option<String>,
     /// Use the ingest at this URL (e.g. http://127.0.0.1:8080) instead of starting one; needs
