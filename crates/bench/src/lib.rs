@@ -15,6 +15,8 @@
 //! - [`scenarios`]: `fanout`, `latency`, `churn`, `idle`, `scale-out`, `storm`; each writes a
 //!   summary table to stdout and JSON to `--out`.
 //! - [`churn`]: clients that join with accounts of their own and leave, beside the measured ones.
+//! - [`ingest`](mod@ingest): webhooks/s, latency and CPU per webhook of `instantchat-ingest`, and
+//!   the JetStream floor beside it (the same messages published straight with async-nats).
 //! - [`floor`]: the machine's own loopback TCP latency for a fan-out of a given shape, with no
 //!   InstantChat in the path: the reference `latency` is read against.
 
@@ -27,6 +29,7 @@ pub mod churn;
 pub mod designs;
 pub mod floor;
 pub mod hist;
+pub mod ingest;
 pub mod mix;
 pub mod monitor;
 pub mod pool;
@@ -83,6 +86,12 @@ pub enum Scenario {
     /// per event, at a fixed rate; receiver processes read them. The machine's own latency for
     /// the fan-out `latency` measures, and so the floor of its figures.
     Floor(FloorArgs),
+    /// Signed Instagram webhooks (the fixtures, each made unique) POSTed to instantchat-ingest by
+    /// keep-alive senders, as fast as answers come back or at --rate: accepted webhooks/s,
+    /// POST-to-200 latency, CPU per webhook of ingest and nats-server, and that the streams hold
+    /// exactly what was acknowledged. Then the floor: the same messages published straight to
+    /// JetStream with async-nats, no HTTP and no ingest.
+    Ingest(ingest::IngestArgs),
     /// Internal: one worker process of clients, driven over stdin/stdout.
     #[command(hide = true)]
     Worker,
@@ -393,6 +402,7 @@ pub fn main() -> std::process::ExitCode {
             Scenario::Storm(a) => scenarios::storm(a).await,
             Scenario::Floor(a) => floor::floor(a).await,
             Scenario::Designs(a) => designs::designs(a).await,
+            Scenario::Ingest(a) => ingest::ingest(a).await,
             Scenario::FloorReceiver(a) => floor::floor_receiver(a).await,
         }
     });

@@ -124,6 +124,7 @@ impl Run {
             gateways,
             single,
             gateway_env,
+            ingest_env: Vec::new(),
         })
         .await?;
         eprintln!(

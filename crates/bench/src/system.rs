@@ -28,6 +28,8 @@ pub struct SystemConfig {
     pub single: bool,
     /// Set on every gateway (and on the single process): load-test limits and `--gateway-env`.
     pub gateway_env: Vec<(String, String)>,
+    /// Set on ingest (`ingest --ingest-env`); they win over the bench's.
+    pub ingest_env: Vec<(String, String)>,
 }
 
 /// A child process the bench started.
@@ -151,7 +153,7 @@ impl System {
                 .env("NATS_URL", &sys.nats_url)
                 .env("INSTAGRAM_APP_SECRET", APP_SECRET)
                 .env("INSTAGRAM_WEBHOOK_VERIFY_TOKEN", "bench-verify");
-            sys.ingest = Some(sys.spawn("ingest", ingest, &[])?);
+            sys.ingest = Some(sys.spawn("ingest", ingest, &sys.cfg.ingest_env)?);
             match sys
                 .wait_ready("ingest", &format!("{}/readyz", sys.ingest_url))
                 .await
@@ -168,7 +170,7 @@ impl System {
                 Err(e) => return Err(e),
             }
         }
-        for _ in 0..sys.cfg.gateways.max(1) {
+        for _ in 0..sys.cfg.gateways {
             let port = free_port()?;
             sys.gateways.push(GatewayProc { port, proc: None });
         }
@@ -181,6 +183,8 @@ impl System {
     fn bins(cfg: &SystemConfig) -> Vec<&'static str> {
         if cfg.single {
             vec!["instantchat"]
+        } else if cfg.gateways == 0 {
+            vec!["instantchat-ingest"]
         } else {
             vec!["instantchat-ingest", "instantchat-gateway"]
         }
@@ -329,6 +333,19 @@ impl System {
         let url = format!("http://127.0.0.1:{}/metrics", self.gateways[k].port);
         let text = self.http.get(&url).send().await?.text().await?;
         Ok(parse_metrics(&text))
+    }
+
+    /// Stops ingest alone (SIGTERM, up to 10 s to exit, then SIGKILL); NATS keeps running.
+    pub async fn stop_ingest(&mut self) {
+        if let Some(mut p) = self.ingest.take() {
+            terminate(p.pid());
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while matches!(p.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
     }
 
     /// Stops everything: SIGTERM, up to 10 s to exit, then SIGKILL.

@@ -11,11 +11,11 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::StreamExt;
 use instantchat_broker::{BusError, EventBus, Outgoing, TraceContext};
 use instantchat_event::subjects;
-use instantchat_instagram::{SignatureError, normalize, verify_signature};
+use instantchat_instagram::{Signature, SignatureError, normalize};
 use instantchat_telemetry::SPAN_TARGET;
 use instantchat_telemetry::metrics::ProcessMemory;
 use prometheus_client::registry::Registry;
@@ -35,7 +35,7 @@ const RETRY_AFTER_SECS: u64 = 5;
 /// A readiness probe must answer quickly even when the broker hangs.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 /// A sender that trickles its body must not hold a connection forever; Meta itself gives up
-/// after about 20 s.
+/// after about 20 s. Past it the answer is 408.
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Room left in the raw body's broker message for its headers (message id, trace context).
 const HEADER_ROOM: usize = 4096;
@@ -120,6 +120,10 @@ pub enum AppError {
     #[error("the request body could not be read: {0}")]
     BodyRead(String),
     #[error(
+        "the body was not received within {0:?}; nothing was published. Send the whole body at once"
+    )]
+    BodyTimeout(Duration),
+    #[error(
         "{0}; the webhook is not stored whole, retry the delivery (what was stored is not stored twice)"
     )]
     Bus(#[from] BusError),
@@ -131,6 +135,7 @@ impl AppError {
             AppError::TooLarge { .. } | AppError::TooLargeForBroker { .. } => Outcome::TooLarge,
             AppError::Signature(_) => Outcome::BadSignature,
             AppError::BodyRead(_) => Outcome::BadRequest,
+            AppError::BodyTimeout(_) => Outcome::BodyTimeout,
             AppError::Bus(_) => Outcome::BrokerError,
         }
     }
@@ -139,6 +144,16 @@ impl AppError {
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let error = self.to_string();
+        let body_unread = match &self {
+            AppError::Signature(e) => {
+                matches!(e, SignatureError::Missing | SignatureError::Malformed(_))
+            }
+            AppError::TooLarge { .. }
+            | AppError::TooLargeForBroker { .. }
+            | AppError::BodyRead(_)
+            | AppError::BodyTimeout(_) => true,
+            AppError::Bus(_) => false,
+        };
         match self {
             AppError::Bus(_) => {
                 let mut response = (
@@ -157,9 +172,19 @@ impl IntoResponse for AppError {
                         StatusCode::PAYLOAD_TOO_LARGE
                     }
                     AppError::Signature(_) => StatusCode::UNAUTHORIZED,
+                    AppError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
                     _ => StatusCode::BAD_REQUEST,
                 };
-                (status, Json(serde_json::json!({ "error": error }))).into_response()
+                let mut response =
+                    (status, Json(serde_json::json!({ "error": error }))).into_response();
+                if body_unread {
+                    // The rest of the body is not read: the connection cannot carry another
+                    // request, and the client should know.
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                response
             }
         }
     }
@@ -297,7 +322,9 @@ async fn receive_webhook(
     result.map(Json)
 }
 
-/// Steps 1 to 4 of PROTOCOL.md section 1, in that order.
+/// Steps 1 to 4 of PROTOCOL.md section 1, in that order, except that a request whose
+/// signature header is missing or malformed is refused before its body is read: nothing it
+/// sends can be verified, so it is not worth the memory.
 async fn ingest(state: &IngestState, headers: &HeaderMap, body: Body) -> Result<Receipt, AppError> {
     let settings = &state.inner.settings;
     // The raw body goes to the broker as one message: a body the broker cannot take is
@@ -315,14 +342,22 @@ async fn ingest(state: &IngestState, headers: &HeaderMap, body: Body) -> Result<
             limit,
         }),
     };
-    let body = tokio::time::timeout(BODY_TIMEOUT, read_body(headers, body, limit, too_large))
-        .await
-        .map_err(|_| AppError::BodyRead(format!("not received within {BODY_TIMEOUT:?}")))??;
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > limit as u64) {
+        return Err(too_large(limit));
+    }
     // Lossy, so a header with bytes that are not ASCII is reported as what it is.
     let signature = headers
         .get("x-hub-signature-256")
         .map(|v| String::from_utf8_lossy(v.as_bytes()));
-    verify_signature(&settings.app_secrets, signature.as_deref(), &body)?;
+    let signature = Signature::parse(signature.as_deref())?;
+    let body = tokio::time::timeout(BODY_TIMEOUT, read_body(body, announced, limit, too_large))
+        .await
+        .map_err(|_| AppError::BodyTimeout(BODY_TIMEOUT))??;
+    signature.verify(&settings.app_secrets, &body)?;
 
     let trace = outgoing_trace(headers);
     let digest = hex::encode(Sha256::digest(&body));
@@ -406,42 +441,55 @@ async fn ingest(state: &IngestState, headers: &HeaderMap, body: Body) -> Result<
     })
 }
 
-/// Reads the whole body, refusing it as soon as it is known to exceed `limit`: up front when
-/// `Content-Length` announces more, else once the bytes read pass it.
+/// Reads the whole body into one buffer, refusing it as soon as it exceeds `limit`.
+///
+/// However the body is chunked, it costs at most `limit` bytes: chunks are copied into one
+/// buffer that grows by doubling up to the limit (a body sent a byte per chunk must not cost a
+/// buffer per byte). A body that comes in one chunk, the usual case, is used without a copy.
 async fn read_body(
-    headers: &HeaderMap,
     body: Body,
+    announced: Option<u64>,
     limit: usize,
     too_large: fn(usize) -> AppError,
 ) -> Result<Bytes, AppError> {
-    let announced = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if announced.is_some_and(|n| n > limit as u64) {
-        return Err(too_large(limit));
-    }
-    // Chunks are kept as they arrive: a body that comes in one chunk (the usual case) is used
-    // without a copy.
-    let mut chunks: Vec<Bytes> = Vec::new();
-    let mut len = 0;
     let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| AppError::BodyRead(e.to_string()))?;
-        len += chunk.len();
-        if len > limit {
-            return Err(too_large(limit));
-        }
-        chunks.push(chunk);
+    let mut next = async || match stream.next().await {
+        Some(Ok(chunk)) if chunk.len() > limit => Err(too_large(limit)),
+        Some(Ok(chunk)) => Ok(Some(chunk)),
+        Some(Err(e)) => Err(AppError::BodyRead(e.to_string())),
+        None => Ok(None),
+    };
+    let Some(first) = next().await? else {
+        return Ok(Bytes::new());
+    };
+    let Some(second) = next().await? else {
+        return Ok(first);
+    };
+    // The announced length (already checked against the limit) is what the body will weigh.
+    let expected = announced.map_or(first.len() + second.len(), |n| n as usize);
+    let mut buffer = Vec::with_capacity(expected.min(limit));
+    append(&mut buffer, &first, limit).map_err(|()| too_large(limit))?;
+    append(&mut buffer, &second, limit).map_err(|()| too_large(limit))?;
+    drop((first, second));
+    while let Some(chunk) = next().await? {
+        append(&mut buffer, &chunk, limit).map_err(|()| too_large(limit))?;
     }
-    if chunks.len() <= 1 {
-        return Ok(chunks.pop().unwrap_or_default());
+    Ok(Bytes::from(buffer))
+}
+
+/// Appends `chunk` to `buffer` unless that would pass `limit`; the buffer's capacity doubles as
+/// it grows, but never past the limit.
+fn append(buffer: &mut Vec<u8>, chunk: &[u8], limit: usize) -> Result<(), ()> {
+    let needed = buffer.len() + chunk.len();
+    if needed > limit {
+        return Err(());
     }
-    let mut buffer = BytesMut::with_capacity(len);
-    for chunk in chunks {
-        buffer.extend_from_slice(&chunk);
+    if needed > buffer.capacity() {
+        let target = needed.max(buffer.capacity() * 2).min(limit);
+        buffer.reserve_exact(target - buffer.len());
     }
-    Ok(buffer.freeze())
+    buffer.extend_from_slice(chunk);
+    Ok(())
 }
 
 /// The trace context every message of this webhook carries to the gateways: the current
@@ -507,5 +555,31 @@ async fn metrics(State(state): State<IngestState>) -> Response {
         )
             .into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_read_a_byte_at_a_time_grows_one_buffer_up_to_the_limit() {
+        let limit = 1000;
+        let mut buffer = Vec::new();
+        for _ in 0..limit {
+            append(&mut buffer, b"x", limit).unwrap();
+            assert!(buffer.capacity() <= limit, "{}", buffer.capacity());
+        }
+        assert_eq!(buffer.len(), limit);
+        assert_eq!(append(&mut buffer, b"x", limit), Err(()));
+        // Growth doubles: a thousand one-byte appends reallocate about ten times, not a thousand.
+        let mut reallocations = 0;
+        let mut buffer = Vec::new();
+        for _ in 0..limit {
+            let before = buffer.capacity();
+            append(&mut buffer, b"x", limit).unwrap();
+            reallocations += usize::from(buffer.capacity() != before);
+        }
+        assert!(reallocations <= 12, "{reallocations}");
     }
 }

@@ -27,6 +27,8 @@ pub enum Outcome {
     BrokerError,
     /// The body could not be read (the client went away): 400.
     BadRequest,
+    /// The body did not arrive within the body deadline: 408.
+    BodyTimeout,
 }
 
 impl Outcome {
@@ -39,6 +41,7 @@ impl Outcome {
             Outcome::RejectedBody => "rejected_body",
             Outcome::BrokerError => "broker_error",
             Outcome::BadRequest => "bad_request",
+            Outcome::BodyTimeout => "body_timeout",
         }
     }
 }

@@ -12,7 +12,8 @@ use serde::de::{
 use serde_json::value::RawValue;
 
 /// A JSON object as its keys and the exact raw text of each value, in body order. Duplicate keys
-/// are kept (lookups take the last, as JavaScript and `serde_json::Value` do).
+/// are kept (lookups take the last, as JavaScript and `serde_json::Value` do), although
+/// [`normalize`](crate::normalize()) refuses a body that has any before it gets here.
 #[derive(Debug)]
 pub(crate) struct Obj<'a> {
     pub(crate) pairs: Vec<(Cow<'a, str>, &'a RawValue)>,

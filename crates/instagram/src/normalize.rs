@@ -12,6 +12,7 @@ use instantchat_event::{Event, Sender, is_valid_account_id, is_valid_event_type,
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
+use crate::duplicates::{self, Duplicate};
 use crate::envelope::{Entry, Shaped, Top};
 use crate::json::{self, Inline, Obj};
 use crate::timestamp;
@@ -59,14 +60,30 @@ pub enum Rejected {
     /// JSON, but neither Meta's Instagram envelope nor the seed's simplified body.
     #[error("the body is JSON but not a shape we know: {0}")]
     UnknownShape(String),
+    /// An object somewhere in the body has the same key twice. Such JSON has no single meaning
+    /// (readers differ on which value counts), and the raw body is kept as it came, so no event
+    /// is made from a reading that another reader of the stored body might not share.
+    #[error(
+        "the key {} appears twice in {}: JSON with a repeated key has no single meaning, so no \
+         event is made from this body",
+        quote_short(key),
+        if at.is_empty() { "the top-level object".to_owned() } else { format!("the object at {}", quote_short(at)) }
+    )]
+    DuplicateKey {
+        /// The repeated key.
+        key: String,
+        /// Where its object is, e.g. `entry[0].messaging[1].message`; empty for the top level.
+        at: String,
+    },
 }
 
 impl Rejected {
-    /// A short label for metrics: `not_json` or `unknown_shape`.
+    /// A short label for metrics: `not_json`, `unknown_shape` or `duplicate_key`.
     pub fn kind(&self) -> &'static str {
         match self {
             Rejected::NotJson => "not_json",
             Rejected::UnknownShape(_) => "unknown_shape",
+            Rejected::DuplicateKey { .. } => "duplicate_key",
         }
     }
 }
@@ -77,6 +94,10 @@ impl Rejected {
 pub fn normalize(body: &[u8], received_at_ms: i64) -> Result<Normalized, Rejected> {
     let text = std::str::from_utf8(body).map_err(|_| Rejected::NotJson)?;
     let top: Top<'_> = serde_json::from_str(text).map_err(|_| not_an_object(text))?;
+    // The text is valid JSON now, as the scan needs.
+    if let Some(Duplicate { key, at }) = duplicates::first_duplicate(text) {
+        return Err(Rejected::DuplicateKey { key, at });
+    }
     let Some(object) = top.obj.get("object") else {
         let obj = match top.entry {
             None => top.obj,

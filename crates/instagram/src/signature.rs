@@ -73,19 +73,43 @@ pub fn verify_signature<S: AsRef<[u8]>>(
     if secrets.is_empty() {
         return Err(SignatureError::NoSecret);
     }
-    let expected = parse_header(header.ok_or(SignatureError::Missing)?)?;
-    let matched = secrets.iter().any(|secret| {
-        // HMAC accepts keys of any length, so `new_from_slice` does not fail.
-        HmacSha256::new_from_slice(secret.as_ref())
-            .map(|mac| mac.chain_update(body).verify_slice(&expected).is_ok())
-            .unwrap_or(false)
-    });
-    if matched {
-        Ok(())
-    } else {
-        Err(SignatureError::Mismatch {
-            secrets: secrets.len(),
-        })
+    Signature::parse(header)?.verify(secrets, body)
+}
+
+/// A well-formed `X-Hub-Signature-256` value: the digest it claims, not yet checked.
+///
+/// Parsing needs only the header, so a service can refuse a request without one (or with a
+/// malformed one) before it reads the body; [`Signature::verify`] then checks the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Signature([u8; 32]);
+
+impl Signature {
+    /// Reads the header value (`None` when absent): [`SignatureError::Missing`] or
+    /// [`SignatureError::Malformed`] when it cannot be a signature.
+    pub fn parse(header: Option<&str>) -> Result<Self, SignatureError> {
+        Ok(Signature(parse_header(
+            header.ok_or(SignatureError::Missing)?,
+        )?))
+    }
+
+    /// Whether one of `secrets` signs `body` with this digest (constant-time comparisons).
+    pub fn verify<S: AsRef<[u8]>>(&self, secrets: &[S], body: &[u8]) -> Result<(), SignatureError> {
+        if secrets.is_empty() {
+            return Err(SignatureError::NoSecret);
+        }
+        let matched = secrets.iter().any(|secret| {
+            // HMAC accepts keys of any length, so `new_from_slice` does not fail.
+            HmacSha256::new_from_slice(secret.as_ref())
+                .map(|mac| mac.chain_update(body).verify_slice(&self.0).is_ok())
+                .unwrap_or(false)
+        });
+        if matched {
+            Ok(())
+        } else {
+            Err(SignatureError::Mismatch {
+                secrets: secrets.len(),
+            })
+        }
     }
 }
 

@@ -872,3 +872,45 @@ fn unknown_shapes_are_rejected_with_a_reason() {
         }
     }
 }
+
+#[test]
+fn a_body_with_a_key_repeated_in_one_object_is_rejected_naming_it() {
+    let cases = [
+        (
+            r#"{"object":"instagram","object":"instagram","entry":[]}"#,
+            "object",
+            "the top-level object",
+        ),
+        (
+            &messaging("message", r#"{"mid":"m1","text":"first","text":"second"}"#),
+            "text",
+            "entry[0].messaging[0].message",
+        ),
+        (
+            r#"{"object":"instagram","entry":[{"id":"1","time":1,"changes":[],"changes":[{"field":"comments","value":{"id":"c"}}]}]}"#,
+            "changes",
+            "entry[0]",
+        ),
+        (
+            r#"{"id":"s1","eventType":"comments","accountId":"a","accountId":"b","comment":{"text":"x"}}"#,
+            "accountId",
+            "the top-level object",
+        ),
+    ];
+    for (body, key, place) in cases {
+        let rejected = normalize(body.as_bytes(), RECEIVED).unwrap_err();
+        assert_eq!(rejected.kind(), "duplicate_key", "{body}");
+        let reason = rejected.to_string();
+        assert!(
+            reason.contains(&format!("{key:?} appears twice")),
+            "{reason}"
+        );
+        assert!(reason.contains(place), "{reason}");
+    }
+    // The same key in different objects is no repeat.
+    let e = one(&messaging(
+        "message",
+        r#"{"mid":"m1","text":"hi","attachments":[{"type":"image","payload":{"url":"u"}},{"type":"image","payload":{"url":"v"}}]}"#,
+    ));
+    assert_eq!(e.content.as_deref(), Some("hi"));
+}

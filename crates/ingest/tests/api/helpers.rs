@@ -324,3 +324,102 @@ pub async fn assert_nothing_published(app: &TestApp) {
     );
     assert!(app.bus.check_ready().await.is_ok());
 }
+
+/// The real `instantchat-ingest` binary, started on a free port against `nats_url`, with only
+/// `PATH` and its settings in its environment. Killed when dropped.
+#[derive(Debug)]
+pub struct IngestProcess {
+    pub child: tokio::process::Child,
+    pub port: u16,
+    pub address: String,
+}
+
+impl IngestProcess {
+    /// Starts the binary and waits until it is ready.
+    pub async fn start(nats_url: &str) -> Self {
+        Self::start_on(nats_url, instantchat_testsupport::free_port()).await
+    }
+
+    /// Starts the binary on `port` (e.g. the port of one that was killed) and waits until it
+    /// is ready.
+    pub async fn start_on(nats_url: &str, port: u16) -> Self {
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_instantchat-ingest"))
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("PORT", port.to_string())
+            .env("NATS_URL", nats_url)
+            .env("INSTAGRAM_APP_SECRET", SECRET)
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the ingest binary starts");
+        let process = IngestProcess {
+            child,
+            port,
+            address: format!("http://127.0.0.1:{port}"),
+        };
+        let http = reqwest::Client::builder().timeout(TIMEOUT).build().unwrap();
+        let ready = format!("{}/readyz", process.address);
+        eventually("the ingest binary is ready", || async {
+            let response = http.get(&ready).send().await;
+            response.is_ok_and(|r| r.status() == 200)
+        })
+        .await;
+        process
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("the ingest binary is running")
+    }
+
+    /// SIGKILL, as a crash or the OOM killer would, and waits for the process to be gone.
+    pub async fn kill(&mut self) {
+        self.child.start_kill().expect("SIGKILL the ingest binary");
+        tokio::time::timeout(TIMEOUT, self.child.wait())
+            .await
+            .expect("the killed binary is reaped")
+            .expect("wait for the binary");
+    }
+
+    /// The process's resident memory now, in KiB (`VmRSS`).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("/proc/<pid>/status of the ingest binary");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .expect("a VmRSS line")
+    }
+}
+
+/// A seed-shaped comment webhook whose event id is `comments:<id>`, on `account`.
+pub fn comment(id: &str, account: &str) -> Vec<u8> {
+    format!(
+        r#"{{"id":"{id}","eventType":"comments","accountId":"{account}","sender":{{"id":"u1","username":"someone"}},"comment":{{"text":"hello {id}"}}}}"#
+    )
+    .into_bytes()
+}
+
+/// Every event stored in the events stream, read back over `nats_url`, as `(seq, event)`.
+pub async fn stored_events(nats_url: &str) -> Vec<(u64, Event)> {
+    let bus = NatsBus::connect_reader(nats_url, "ingest-tests-reader")
+        .await
+        .expect("connect the test's reader");
+    let replay = tokio::time::timeout(TIMEOUT, bus.replay(Interest::All, 0))
+        .await
+        .expect("replay within the timeout")
+        .expect("replay");
+    let events: Vec<_> = tokio::time::timeout(TIMEOUT, replay.events.collect::<Vec<_>>())
+        .await
+        .expect("replay ends within the timeout");
+    bus.close().await;
+    events
+        .into_iter()
+        .map(|d| d.expect("a decodable event"))
+        .map(|d| (d.seq, Arc::unwrap_or_clone(d.event)))
+        .collect()
+}

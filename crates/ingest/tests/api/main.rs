@@ -4,6 +4,8 @@
 mod binary;
 mod broker;
 mod helpers;
+mod hostile;
+mod killed;
 mod refused;
 mod shutdown;
 mod verify;

@@ -149,7 +149,19 @@ async fn a_signed_body_of_unknown_shape_is_kept_as_rejected() {
     assert_rejected_and_kept(br#"{"object":"page","entry":[]}"#).await;
 }
 
-async fn assert_rejected_and_kept(body: &[u8]) {
+#[tokio::test]
+async fn a_signed_body_with_a_repeated_key_is_kept_as_rejected_naming_the_key() {
+    let body = br#"{"id":"d1","eventType":"comments","accountId":"acct_a","accountId":"acct_b","comment":{"text":"x"}}"#;
+    let rejected = assert_rejected_and_kept(body).await;
+    assert!(
+        rejected.contains(r#""accountId" appears twice in the top-level object"#),
+        "{rejected}"
+    );
+}
+
+/// POSTs signed `body`, expects it answered 200 with no event and kept whole on the rejected
+/// subject; returns the answer's `rejected` reason.
+async fn assert_rejected_and_kept(body: &[u8]) -> String {
     let app = spawn_app().await;
     let (events, rejected) = receipt(app.post_signed(body).await).await;
     assert!(events.is_empty());
@@ -175,6 +187,7 @@ async fn assert_rejected_and_kept(body: &[u8]) {
         metrics.contains(r#"instantchat_webhooks_total{outcome="rejected_body"} 1"#),
         "{metrics}"
     );
+    rejected.as_str().unwrap_or_default().to_owned()
 }
 
 #[tokio::test]
