@@ -30,6 +30,8 @@ async fn main() -> anyhow::Result<()> {
     };
     // Flushes pending spans when main returns.
     let _telemetry = instantchat_telemetry::init("instantchat-gateway", &args.log_format);
+    // Every client socket is a file; containers start with a soft limit of 1,024.
+    instantchat_service::limits::raise_and_log();
     let bus = NatsBus::connect_reader(&args.nats_url, "instantchat-gateway")
         .await
         .with_context(|| format!("connecting to NATS at {}", args.nats_url))?;
