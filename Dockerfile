@@ -1,53 +1,64 @@
-# syntax=docker/dockerfile:1
 #
-# InstantChat images, one target per service:
+# InstantChat images, one target per service; each target compiles only its own binary:
 #
 #   docker build --target ingest      -t instantchat-ingest .
 #   docker build --target gateway     -t instantchat-gateway .
 #   docker build --target instantchat -t instantchat .      # both in one process (`serve`)
 #
+# Needs BuildKit (the default builder since Docker 23; DOCKER_BUILDKIT=1 before) for its cache
+# mounts. There is no `# syntax=` line on purpose: the builder's own Dockerfile frontend handles
+# everything here, so no frontend image is pulled and the build also works on a machine that
+# reaches no image registry (given the two base images below).
+#
 # Builder and runtime are the same Debian release (12, bookworm), so the binaries link against the
-# glibc they run with. Dependencies are compiled in their own layer from a cargo-chef recipe (only
-# the Cargo manifests and the lockfile), so a source change rebuilds the workspace crates only.
+# glibc they run with. Both base images are build arguments, for a mirror or a locally built image
+# of the same release (`--build-arg RUST_IMAGE=...`; docker-compose.yml passes RUST_IMAGE and
+# RUNTIME_IMAGE through). Crates and compiled dependencies live in cache mounts (the registry and
+# target/), so a rebuild compiles only what changed, and the three targets share them.
 # Docs: docs/deploy.md. Checked by scripts/validate-deploy (hadolint).
 
 ARG RUST_IMAGE=rust:1.95-bookworm
 ARG RUNTIME_IMAGE=debian:bookworm-slim
 
-# --- toolchain: Rust, cargo-chef, and Node (crates/instantchat's build script runs `npm ci` in web/)
-FROM ${RUST_IMAGE} AS chef
-# Debian's own nodejs/npm: the versions are fixed by the bookworm release, so they are not pinned.
+# --- the workspace's sources (Cargo.toml's path dependencies: crates/, vendor/; proto/ for
+#     crates/event's build script; web/ for the console that crates/instantchat embeds)
+FROM ${RUST_IMAGE} AS sources
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY proto proto
+COPY vendor vendor
+COPY web web
+COPY crates crates
+
+# --- one package per stage, so an image carries (and a build compiles) only its own binary.
+#     The cache mounts are shared between the stages; `sharing=locked` makes two builds of this
+#     file that run at once take turns on target/ instead of corrupting it.
+FROM sources AS build-ingest
+RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
+    --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
+    --mount=type=cache,target=/src/target,sharing=locked \
+    cargo build --release --locked -p instantchat-ingest --bin instantchat-ingest \
+ && install -D -m 0755 target/release/instantchat-ingest /out/instantchat-ingest
+
+FROM sources AS build-gateway
+RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
+    --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
+    --mount=type=cache,target=/src/target,sharing=locked \
+    cargo build --release --locked -p instantchat-gateway --bin instantchat-gateway \
+ && install -D -m 0755 target/release/instantchat-gateway /out/instantchat-gateway
+
+FROM sources AS build-instantchat
+# crates/instantchat's build script runs `npm ci` in web/ for the console's socket.io-client
+# bundle. Debian's own nodejs/npm: fixed by the bookworm release, so not pinned.
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends nodejs npm \
  && rm -rf /var/lib/apt/lists/*
-RUN cargo install cargo-chef --locked --version 0.1.78
-WORKDIR /src
-
-# --- recipe: the dependency graph only; changes when a manifest or Cargo.lock changes
-FROM chef AS planner
-COPY Cargo.toml Cargo.lock ./
-COPY crates crates
-COPY vendor vendor
-RUN cargo chef prepare --recipe-path recipe.json
-
-# --- build: dependencies from the recipe (cached layer), then the workspace
-FROM chef AS builder
-COPY --from=planner /src/recipe.json recipe.json
-# The patched dependencies (vendor/README.md) are built with the other dependencies.
-COPY vendor vendor
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
-    cargo chef cook --release --locked --recipe-path recipe.json
-COPY Cargo.toml Cargo.lock ./
-COPY proto proto
-COPY web web
-COPY crates crates
-RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
-    --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
-    cargo build --release --locked --bins \
- && install -D -m 0755 -t /out \
-      target/release/instantchat-ingest target/release/instantchat-gateway target/release/instantchat
+    --mount=type=cache,target=/src/target,sharing=locked \
+    cargo build --release --locked -p instantchat --bin instantchat \
+ && install -D -m 0755 target/release/instantchat /out/instantchat
 
 # --- runtime base: slim Debian, CA certificates (tls:// NATS URLs), an unprivileged user
 FROM ${RUNTIME_IMAGE} AS runtime
@@ -66,19 +77,19 @@ ENV LOG_FORMAT=json
 STOPSIGNAL SIGTERM
 
 FROM runtime AS ingest
-COPY --from=builder /out/instantchat-ingest /usr/local/bin/instantchat-ingest
+COPY --from=build-ingest /out/instantchat-ingest /usr/local/bin/instantchat-ingest
 ENV PORT=8080
 EXPOSE 8080
 ENTRYPOINT ["/usr/local/bin/instantchat-ingest"]
 
 FROM runtime AS gateway
-COPY --from=builder /out/instantchat-gateway /usr/local/bin/instantchat-gateway
+COPY --from=build-gateway /out/instantchat-gateway /usr/local/bin/instantchat-gateway
 ENV PORT=3000
 EXPOSE 3000
 ENTRYPOINT ["/usr/local/bin/instantchat-gateway"]
 
 FROM runtime AS instantchat
-COPY --from=builder /out/instantchat /usr/local/bin/instantchat
+COPY --from=build-instantchat /out/instantchat /usr/local/bin/instantchat
 ENV PORT=3000
 EXPOSE 3000
 ENTRYPOINT ["/usr/local/bin/instantchat"]

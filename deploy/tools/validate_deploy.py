@@ -44,7 +44,15 @@ import yaml
 # Oldest Kubernetes minor the manifests support, and the newest the schemas know.
 K8S_VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
 SERVICE_TARGETS = {"ingest", "gateway", "instantchat"}
-SECRET_VARS = {"INSTAGRAM_APP_SECRET", "INSTAGRAM_WEBHOOK_VERIFY_TOKEN", "JWT_SECRET"}
+# The Cargo package each image target ships.
+SERVICE_PACKAGES = {"ingest": "instantchat-ingest", "gateway": "instantchat-gateway", "instantchat": "instantchat"}
+SECRET_VARS = {"INSTAGRAM_APP_SECRET", "INSTAGRAM_WEBHOOK_VERIFY_TOKEN", "JWT_SECRET",
+               "NATS_INGEST_PASSWORD", "NATS_GATEWAY_PASSWORD"}
+COMPOSE_SECRET_VARS = SECRET_VARS | {"JWT_SECRET_PREVIOUS"}
+# Services whose open-files limit compose must raise (every connection is a file).
+NOFILE_SERVICES = ("nats", "ingest", "gateway", "lb")
+# The NATS user each service logs in as (deploy/compose/nats.conf, deploy/nats/values.yaml).
+NATS_USERS = {"ingest": "ingest", "gateway": "gateway"}
 # Env vars a binary reads without a clap `env = "..."` (tracing's filter, the OTLP exporter).
 ALWAYS_KNOWN_ENV = {"RUST_LOG", "OTEL_EXPORTER_OTLP_ENDPOINT"}
 # Seconds a gateway may take to drain when SHUTDOWN_TIMEOUT_SECS is not set (its default), and a
@@ -59,6 +67,7 @@ class Checker:
         self.tools = tools
         self.problems: list[str] = []
         self.crd_resources: list[dict] = []
+        self.dockerfile_args: dict[str, str] = {}
 
     def problem(self, where: str, message: str) -> None:
         self.problems.append(f"{where}: {message}")
@@ -129,10 +138,14 @@ class Checker:
                 current = (m.group(2) or f"#{len(stages)}").lower()
                 parent = stages.get(image.lower())
                 stages[current] = {"image": image, "parent": parent, "user": None, "from": image.lower(),
-                                   "copied": set()}
+                                   "copied": set(), "copied_from": set(), "runs": []}
+            elif word == "RUN" and current is not None:
+                stages[current]["runs"].append(rest)
             elif word in ("COPY", "ADD") and current is not None:
                 parts = rest.split()
-                if any(p.startswith("--from") for p in parts):
+                froms = [p.split("=", 1)[1].lower() for p in parts if p.startswith("--from=")]
+                if froms:
+                    stages[current]["copied_from"].update(froms)
                     continue
                 sources = [p for p in parts if not p.startswith("--")][:-1]
                 for src in sources:
@@ -158,23 +171,40 @@ class Checker:
             return m.group(1) if m else None
 
         runtime_images = {base_image(t) for t in SERVICE_TARGETS if t in stages}
-        builder = stages.get("builder")
-        if builder is None:
-            self.problem("Dockerfile", "no `builder` stage")
-        else:
-            build_release = codename(base_image("builder"))
-            for image in runtime_images:
-                if codename(image) != build_release or build_release is None:
-                    self.problem("Dockerfile", f"builder ({base_image('builder')}) and runtime ({image}) "
+
+        def copied(name):
+            return set().union(*(s["copied"] for s in chain(name)))
+
+        # Each service image takes its binary from a stage that compiles that package alone: an
+        # image build compiles only what it ships (not the console, the bench or the tools).
+        needed = self.cargo_path_dirs()
+        builds = {n for n, st in stages.items() if any("cargo build" in r for r in st["runs"])}
+        if not builds:
+            self.problem("Dockerfile", "no stage runs `cargo build`")
+        for target, package in sorted(SERVICE_PACKAGES.items()):
+            if target not in stages:
+                continue
+            sources = {f for s in chain(target) for f in s["copied_from"]} & builds
+            if not sources:
+                self.problem("Dockerfile", f"target `{target}` copies its binary from no stage that runs cargo build")
+            for src in sorted(sources):
+                cmds = " ".join(r for r in stages[src]["runs"] if "cargo build" in r)
+                packages = set(re.findall(r"(?:-p|--package)[ =]([\w-]+)", cmds))
+                if packages != {package} or re.search(r"--(workspace|all|bins)\b", cmds):
+                    self.problem("Dockerfile", f"stage `{src}` (target `{target}`) must build only "
+                                               f"`-p {package}`; it builds {sorted(packages) or 'everything'}"
+                                               f"{' with --workspace/--all/--bins' if re.search(r'--(workspace|all|bins)', cmds) else ''}")
+                build_release = codename(base_image(src))
+                if build_release is None or codename(base_image(target)) != build_release:
+                    self.problem("Dockerfile", f"builder ({base_image(src)}) and runtime ({base_image(target)}) "
                                                "are not on the same Debian release")
         # The stages that read the workspace need every directory Cargo.toml points into: the
         # crates, and the patched dependencies of [patch.crates-io].
-        needed = self.cargo_path_dirs()
-        for name in ("planner", "builder"):
-            if name in stages:
-                for missing in sorted(needed - stages[name]["copied"]):
-                    self.problem("Dockerfile", f"stage `{name}` does not COPY `{missing}`, which "
-                                               "Cargo.toml takes path dependencies from")
+        for name in sorted(builds):
+            for missing in sorted(needed - copied(name)):
+                self.problem("Dockerfile", f"stage `{name}` does not COPY `{missing}`, which "
+                                           "Cargo.toml takes path dependencies from")
+        self.dockerfile_args = args
         for target in sorted(SERVICE_TARGETS & set(stages)):
             user = next((s["user"] for s in chain(target) if s["user"]), None)
             if user is None or user in ("0", "root"):
@@ -234,8 +264,18 @@ class Checker:
             name, op = vm.group(1), vm.group(2) or ""
             if env_example.exists() and name not in documented:
                 self.problem(where, f"${{{name}}} is not in .env.example (add it, commented if optional)")
-            if op.lstrip(":").startswith("?") and env_example.exists() and name not in assigned:
-                self.problem(where, f"${{{name}}} is required but .env.example does not set it")
+            if op.lstrip(":").startswith("?"):
+                self.problem(where, f"${{{expr}}}: a required variable makes every compose command fail "
+                                    "without .env (ps, logs, down too); give it a default and let the "
+                                    "service refuse to start instead")
+        # The secrets are left empty in .env.example: a value there would be copied into .env and
+        # could be taken for a real secret.
+        if env_example.exists():
+            for line in env_example.read_text().splitlines():
+                m = re.match(r"\s*([A-Z][A-Z0-9_]*)=(.*)$", line)
+                if m and m.group(1) in COMPOSE_SECRET_VARS and m.group(2).strip():
+                    self.problem(".env.example", f"{m.group(1)} has a value: leave secrets empty, with a "
+                                                 "comment on how to generate one")
 
         volumes_declared = set((compose.get("volumes") or {}).keys())
         for name, svc in services.items():
@@ -284,6 +324,7 @@ class Checker:
         for name in ("ingest", "nats"):
             if name not in services:
                 self.problem(where, f"no `{name}` service")
+        self.check_compose_limits_and_trust(where, services)
         if "healthcheck" not in (services.get("nats") or {}):
             self.problem(f"{where}: services.nats", "no healthcheck")
 
@@ -344,6 +385,71 @@ class Checker:
                     self.problem("deploy/compose/otel-collector.yaml",
                                  f"exporter {ename} sends to `{host}`, which is not a compose service")
 
+    def check_compose_limits_and_trust(self, where: str, services: dict) -> None:
+        def default(value):
+            """A compose value with its ${VAR:-default} interpolations replaced by the defaults."""
+            return re.sub(r"\$\{[A-Za-z_][A-Za-z0-9_]*:?-([^}]*)\}", r"\1", str(value))
+
+        for name in NOFILE_SERVICES:
+            svc = services.get(name) or {}
+            nofile = (svc.get("ulimits") or {}).get("nofile")
+            if name in services and not nofile:
+                self.problem(f"{where}: services.{name}", "no `ulimits: nofile`: containers may start with a "
+                                                          "soft limit of 1,024 open files")
+        # Build arguments: the same defaults as the Dockerfile's, so both build the same thing.
+        for name, svc in services.items():
+            build = (svc or {}).get("build")
+            if isinstance(build, dict):
+                for arg, value in (build.get("args") or {}).items():
+                    want = self.dockerfile_args.get(arg)
+                    if want is None:
+                        self.problem(f"{where}: services.{name}", f"build arg {arg} is not an ARG of the Dockerfile")
+                    elif default(value) != want:
+                        self.problem(f"{where}: services.{name}", f"build arg {arg} defaults to {default(value)}, "
+                                                                  f"the Dockerfile to {want}")
+        # Each service logs in to NATS as its own user of nats.conf.
+        users = self.nats_conf_permissions()
+        for name, user in NATS_USERS.items():
+            env = (services.get(name) or {}).get("environment") or {}
+            url = str(env.get("NATS_URL", "")) if isinstance(env, dict) else ""
+            m = re.match(r"nats://([^:@/]+):([^@]+)@", url)
+            if not m:
+                self.problem(f"{where}: services.{name}", "NATS_URL has no user and password "
+                                                          "(nats://USER:${PASSWORD}@nats:4222)")
+            elif m.group(1) != user or (users is not None and user not in users):
+                self.problem(f"{where}: services.{name}", f"NATS_URL logs in as `{m.group(1)}`, not as the "
+                                                          f"`{user}` user of deploy/compose/nats.conf")
+        # The gateways believe X-Forwarded-For from the load balancer's one address only.
+        gw_env = (services.get("gateway") or {}).get("environment") or {}
+        trusted = [t.strip() for t in default(gw_env.get("TRUSTED_PROXIES", "")).split(",") if t.strip()]
+        lb_address = default((((services.get("lb") or {}).get("networks") or {}).get("default") or {})
+                             .get("ipv4_address", ""))
+        for entry in trusted:
+            if entry.split("/")[0] != lb_address or entry.split("/")[-1] not in (entry, "32"):
+                self.problem(f"{where}: services.gateway", f"TRUSTED_PROXIES `{entry}` is more than the load "
+                                                           f"balancer's address ({lb_address or 'lb has no fixed address'}): "
+                                                           "whoever else it covers can choose their address")
+
+    def nats_conf_permissions(self) -> dict | None:
+        """{user: {"publish": [...], "subscribe": [...]}} from deploy/compose/nats.conf."""
+        path = self.root / "deploy/compose/nats.conf"
+        if not path.exists():
+            self.problem("deploy/compose/nats.conf", "missing")
+            return None
+        text = re.sub(r"#[^\n]*", "", path.read_text())
+        users = {}
+        for m in re.finditer(r"user:\s*(\w+)(.*?)(?=user:|\Z)", text, re.S):
+            block = m.group(2)
+            perms = {}
+            for kind in ("publish", "subscribe"):
+                k = re.search(kind + r":\s*\{\s*allow:\s*\[([^\]]*)\]", block)
+                perms[kind] = sorted(re.findall(r'"([^"]+)"', k.group(1))) if k else None
+            if not re.search(r"password:\s*\$[A-Z_]+", block):
+                self.problem("deploy/compose/nats.conf", f"user {m.group(1)}: the password is not taken "
+                                                         "from the environment ($VAR)")
+            users[m.group(1)] = perms
+        return users
+
     def check_nginx(self, services: dict, exposed) -> None:
         where = "deploy/compose/nginx.conf"
         path = self.root / where
@@ -368,23 +474,52 @@ class Checker:
             if "zone " not in body:
                 self.problem(where, f"upstream {name}: `resolve` needs a `zone`")
         locations = dict(re.findall(r"location\s+(?:=\s*)?(\S+)\s*\{([^}]*)\}", text))
+        # `map SOURCE $var { ... }`: a proxy_pass through $var may reach any of its values.
+        maps = {var: re.findall(r"^\s*(?:\S+|\"[^\"]*\")\s+(\S+);", body, re.M)
+                for var, body in re.findall(r"map\s+\S+\s+\$(\w+)\s*\{([^}]*)\}", text)}
 
-        def target(loc):
-            m = re.search(r"proxy_pass\s+http://(\w+)", locations.get(loc, ""))
-            return m.group(1) if m else None
+        def targets(loc):
+            m = re.search(r"proxy_pass\s+http://(\$?\w+)", locations.get(loc, ""))
+            if not m:
+                return []
+            name = m.group(1)
+            return maps.get(name[1:], []) if name.startswith("$") else [name]
 
-        gw = target("/socket.io/")
-        if gw is None or not re.search(r"server\s+gateway:", upstreams.get(gw, "")):
+        gws = targets("/socket.io/")
+        if not gws or not all(re.search(r"server\s+gateway:", upstreams.get(g, "")) for g in gws):
             self.problem(where, "location /socket.io/ does not proxy to the gateway upstream")
         else:
             body = locations["/socket.io/"]
             if "Upgrade" not in body or "proxy_http_version 1.1" not in body:
                 self.problem(where, "location /socket.io/ does not pass the WebSocket upgrade")
-            if not re.search(r"\b(ip_hash|hash\s+\$remote_addr|sticky)\b", upstreams.get(gw, "")):
-                self.problem(where, f"upstream {gw}: no sticky balancing (long-polling needs it)")
-        wh = target("/api/webhooks/instagram")
-        if wh is None or not re.search(r"server\s+ingest:", upstreams.get(wh, "")):
+            if not any(re.search(r"\b(ip_hash|hash\s+\$remote_addr|sticky)\b", upstreams.get(g, "")) for g in gws):
+                self.problem(where, f"upstreams {gws}: no sticky balancing (long-polling needs it)")
+        wh = targets("/api/webhooks/instagram")
+        if not wh or not re.search(r"server\s+ingest:", upstreams.get(wh[0], "")):
             self.problem(where, "location = /api/webhooks/instagram does not proxy to ingest")
+        # X-Forwarded-For: the gateways trust it from nginx, so nginx must send the one address it
+        # determined, not append to what the client sent. proxy_set_header is inherited only by a
+        # location that sets none itself, so each proxying location is checked on its own.
+        server_level = re.sub(r"location\s+[^{]*\{[^}]*\}", "", text)
+        for loc, body in locations.items():
+            if "proxy_pass" not in body:
+                continue
+            headers = body if "proxy_set_header" in body else server_level
+            xff = re.search(r"proxy_set_header\s+X-Forwarded-For\s+(\S+);", headers, re.I)
+            if xff is None or xff.group(1) != "$remote_addr":
+                self.problem(where, f"location {loc}: X-Forwarded-For must be set to $remote_addr "
+                                    f"(has {xff.group(1) if xff else 'none'}): a client could name any address")
+        for value in re.findall(r"set_real_ip_from\s+(\S+);", text):
+            prefix = value.split("/")[1] if "/" in value else "32"
+            if value.startswith(("0.0.0.0", "::")) or int(prefix) < 24:
+                self.problem(where, f"set_real_ip_from {value}: trust only the proxies in front (a narrow range)")
+        # Open files: two per proxied connection.
+        m_limit = re.search(r"worker_rlimit_nofile\s+(\d+);", text)
+        m_conns = re.search(r"worker_connections\s+(\d+);", text)
+        if not m_limit:
+            self.problem(where, "no worker_rlimit_nofile: workers keep the container's soft limit (1,024)")
+        elif m_conns and int(m_limit.group(1)) < 2 * int(m_conns.group(1)):
+            self.problem(where, "worker_rlimit_nofile is below twice worker_connections (two files per proxied connection)")
 
     # ---------------------------------------------------------------- Kubernetes
 
@@ -494,6 +629,10 @@ class Checker:
         if isinstance(example, dict):
             self.validate_objects("deploy/k8s/base/secret.example.yaml", [example])
             secret_keys = set((example.get("stringData") or {}).keys()) | set((example.get("data") or {}).keys())
+            for key, value in sorted({**(example.get("data") or {}), **(example.get("stringData") or {})}.items()):
+                if value:
+                    self.problem("deploy/k8s/base/secret.example.yaml", f"{key} has a value: leave it empty, "
+                                                                        "with a comment on how to generate one")
         rendered_any = False
         for directory in [k8s / "base", *overlays]:
             docs = self.render(k8s, directory)
@@ -598,7 +737,19 @@ class Checker:
                 if grace <= sleep + drain:
                     self.problem(dwhere, f"terminationGracePeriodSeconds {grace} must exceed preStop "
                                          f"{sleep}s + drain {drain}s")
-                self.check_env_names(cwhere, service, names)
+                # Names only there to be put into another value ($(VAR) expansion), e.g. a password
+                # into NATS_URL, are no settings of the binary.
+                referenced = set(re.findall(r"\$\((\w+)\)", " ".join(str(e.get("value", "")) for e in env.values())))
+                self.check_env_names(cwhere, service, names - referenced)
+                url = str((env.get("NATS_URL") or {}).get("value", ""))
+                m = re.match(r"nats://([^:@/]+):\$\((\w+)\)@", url)
+                if not m:
+                    self.problem(cwhere, "NATS_URL must log in as the service's NATS user, its password "
+                                         "from the Secret: nats://USER:$(PASSWORD_VAR)@HOST:4222")
+                elif m.group(1) != NATS_USERS[service]:
+                    self.problem(cwhere, f"NATS_URL logs in as `{m.group(1)}`, not `{NATS_USERS[service]}`")
+                elif list(env).index(m.group(2)) > list(env).index("NATS_URL") if m.group(2) in env else True:
+                    self.problem(cwhere, f"NATS_URL uses $({m.group(2)}), which is not an env var defined before it")
                 for var in sorted(SECRET_VARS & names):
                     e = env.get(var)
                     ref = ((e or {}).get("valueFrom") or {}).get("secretKeyRef")
@@ -672,9 +823,51 @@ class Checker:
             sio = paths.get("/socket.io")
             if (sio or (None,))[0] != "instantchat-gateway":
                 self.problem(where, "no HTTPRoute rule sends /socket.io to instantchat-gateway")
-            elif is_overlay and "sessionPersistence" not in sio[1]:
-                self.problem(where, "the /socket.io rule has no sessionPersistence "
-                                    "(long-polling needs affinity; see docs/deploy.md)")
+        self.check_route_tls(where, routes, by_kind.get("Gateway", []))
+        for sm in by_kind.get("ServiceMonitor", []):
+            selectable = [k for k in (sm["metadata"].get("labels") or {}) if not k.startswith("app.kubernetes.io/")]
+            if not selectable:
+                self.problem(f"{where}: ServiceMonitor/{sm['metadata']['name']}",
+                             "no label a Prometheus' serviceMonitorSelector would select (e.g. kube-prometheus-"
+                             "stack's `release: <its release name>`); without one it is silently ignored")
+
+    def check_route_tls(self, where: str, routes: list[dict], gateways: list[dict]) -> None:
+        """Routes to the services only on HTTPS listeners; plain HTTP only redirects to HTTPS."""
+        listeners = {(g["metadata"]["name"], l.get("name")): l
+                     for g in gateways for l in (g.get("spec") or {}).get("listeners") or []}
+        for g in gateways:
+            for l in (g.get("spec") or {}).get("listeners") or []:
+                if l.get("protocol") == "HTTPS" and not ((l.get("tls") or {}).get("certificateRefs")):
+                    self.problem(f"{where}: Gateway/{g['metadata']['name']}",
+                                 f"listener {l.get('name')} is HTTPS without a certificate")
+        for route in routes:
+            rwhere = f"{where}: HTTPRoute/{route['metadata']['name']}"
+            rules = route["spec"].get("rules") or []
+            serves = any(rule.get("backendRefs") for rule in rules)
+            for ref in route["spec"].get("parentRefs") or []:
+                section = ref.get("sectionName")
+                if section is None:
+                    self.problem(rwhere, f"parentRef {ref.get('name')} has no sectionName: the route attaches to "
+                                         "every listener of the Gateway, plain HTTP included")
+                    continue
+                listener = listeners.get((ref.get("name"), section)) if not ref.get("namespace") else None
+                if listener is not None:
+                    https = listener.get("protocol") == "HTTPS"
+                elif any(g["metadata"]["name"] == ref.get("name") for g in gateways) and not ref.get("namespace"):
+                    self.problem(rwhere, f"Gateway {ref.get('name')} has no listener {section}")
+                    continue
+                else:
+                    # A Gateway managed elsewhere: its listener names say which is which.
+                    https = "https" in section.lower()
+                if serves and not https:
+                    self.problem(rwhere, f"sends traffic to the services on listener {section}, which is not "
+                                         "HTTPS: tokens and webhooks would travel unencrypted")
+            if not serves:
+                for rule in rules:
+                    redirect = [f.get("requestRedirect") or {} for f in rule.get("filters") or []
+                                if f.get("type") == "RequestRedirect"]
+                    if not redirect or redirect[0].get("scheme") != "https":
+                        self.problem(rwhere, "a route without backends should only redirect to https")
 
     # ---------------------------------------------------------------- NATS values
 
@@ -694,10 +887,89 @@ class Checker:
         cluster = (values.get("config") or {}).get("cluster") or {}
         if cluster.get("enabled") and int(cluster.get("replicas", 3)) % 2 == 0:
             self.problem(where, "config.cluster.replicas should be odd (JetStream quorum)")
+        container = values.get("container") or {}
+        env = container.get("env") or {}
+        # The chart's advice: requests equal to limits, at least 2 CPUs and 8Gi for production
+        # JetStream, and GOMEMLIMIT near 80 % of the memory limit.
+        res = ((container.get("merge") or {}).get("resources") or container.get("resources") or {})
+        req, lim = res.get("requests") or {}, res.get("limits") or {}
+        if req != lim or not req:
+            self.problem(where, "container resources: set requests equal to limits (the chart's advice)")
+        if _cpu(lim.get("cpu")) < 2 or _bytes(lim.get("memory")) < 8 * 2**30:
+            self.problem(where, "container resources below the chart's recommended minimum (2 CPU, 8Gi)")
+        gomem = _bytes(str(env.get("GOMEMLIMIT", "0")).replace("iB", "i").replace("B", ""))
+        if not 0.6 * _bytes(lim.get("memory")) <= gomem <= 0.9 * _bytes(lim.get("memory") or "0"):
+            self.problem(where, "container.env.GOMEMLIMIT should be about 80% of the memory limit")
+        # Users: passwords from the environment (a Secret), ingest's and the gateway's permissions
+        # exactly those of deploy/compose/nats.conf, which the e2e suite runs the services with.
+        users = {u.get("user"): u for u in (((values.get("config") or {}).get("merge") or {})
+                                            .get("authorization") or {}).get("users") or []}
+        compose_users = self.nats_conf_permissions() or {}
+        for name in NATS_USERS.values():
+            user = users.get(name)
+            if user is None:
+                self.problem(where, f"no NATS user `{name}` in config.merge.authorization.users")
+                continue
+            m = re.fullmatch(r"<<\s*\$(\w+)\s*>>", str(user.get("password", "")))
+            ref = ((env.get(m.group(1)) if m else None) or {})
+            if not m or not isinstance(ref, dict) or "secretKeyRef" not in (ref.get("valueFrom") or {}):
+                self.problem(where, f"user {name}: the password must be << $VAR >> with VAR in container.env "
+                                    "from a secretKeyRef")
+            perms = user.get("permissions") or {}
+            got = {kind: sorted((perms.get(kind) or {}).get("allow") or []) for kind in ("publish", "subscribe")}
+            if name in compose_users and got != compose_users[name]:
+                self.problem(where, f"user {name}: permissions differ from deploy/compose/nats.conf's "
+                                    f"(which the e2e suite checks): {got} vs {compose_users[name]}")
+        # The NetworkPolicy shipped with the chart (extraResources): only ingest and gateways.
+        policies = [r for r in values.get("extraResources") or [] if r.get("kind") == "NetworkPolicy"]
+        self.validate_objects(where, policies)
+        allowed = set()
+        for pol in policies:
+            for rule in (pol.get("spec") or {}).get("ingress") or []:
+                if 4222 not in {p.get("port") for p in rule.get("ports") or []}:
+                    continue
+                for peer in rule.get("from") or [{}]:
+                    pods = peer.get("podSelector") or {}
+                    names = set((pods.get("matchLabels") or {}).get("app.kubernetes.io/name", "").split()) | {
+                        v for e in pods.get("matchExpressions") or [] if e.get("key") == "app.kubernetes.io/name"
+                        for v in e.get("values") or []}
+                    if not names:
+                        self.problem(where, "NetworkPolicy: a rule admits any pod to the client port 4222")
+                    allowed |= names
+        if not policies:
+            self.problem(where, "no NetworkPolicy (extraResources): any pod could reach NATS")
+        elif not {"instantchat-ingest", "instantchat-gateway"} <= allowed or \
+                allowed - {"instantchat-ingest", "instantchat-gateway", "nats"}:
+            self.problem(where, f"NetworkPolicy: port 4222 should admit ingest, gateways (and NATS itself) only; "
+                                f"admits {sorted(allowed)}")
 
     # ---------------------------------------------------------------- CRDs (node)
 
+    def check_gateway_api(self) -> None:
+        """HTTPRoute and Gateway against the current Gateway API's schemas (deploy/tools/
+        gateway-api.schema.json), strictly: a field the API does not have (any more) is refused, as
+        a current API server with strict field validation refuses it."""
+        import jsonschema
+
+        bundle = json.loads((self.root / "deploy/tools/gateway-api.schema.json").read_text())
+        version = bundle["gatewayApiVersion"]
+        for r in self.crd_resources:
+            doc = r["doc"]
+            key = f"{doc.get('apiVersion')}/{doc.get('kind')}"
+            if not key.startswith("gateway.networking.k8s.io/"):
+                continue
+            schema = bundle["schemas"].get(key)
+            label = f"{r['where']}: {doc.get('kind')}/{(doc.get('metadata') or {}).get('name', '?')}"
+            if schema is None:
+                self.problem(label, f"no schema for {key} in Gateway API {version}")
+                continue
+            body = {k: v for k, v in doc.items() if k not in ("apiVersion", "kind", "metadata")}
+            for error in jsonschema.Draft7Validator(_strict(schema)).iter_errors(body):
+                path = "/".join(str(p) for p in error.absolute_path) or "(top level)"
+                self.problem(label, f"{path}: {error.message} (Gateway API {version})")
+
     def check_crds(self) -> None:
+        self.check_gateway_api()
         if not self.crd_resources:
             return
         node_dir = self.tools / "node"
@@ -721,7 +993,9 @@ class Checker:
             out = (result.stdout + result.stderr).strip().replace(str(self.root) + "/", "")
             self.problems.append(f"{what}:\n    " + out.replace("\n", "\n    "))
 
-    def run(self) -> list[str]:
+    def run(self, parts: set[str] | None = None) -> list[str]:
+        """Every check, or only `parts` of them ("docker", "k8s", "nats")."""
+        parts = parts or {"docker", "k8s", "nats"}
         stages: set[str] = set()
 
         def step(what, fn, *args):
@@ -732,12 +1006,47 @@ class Checker:
                 self.problem(what, f"could not be checked ({type(e).__name__}: {e}); is it well-formed?")
                 return None
 
-        stages = step("Dockerfile", self.check_dockerfile) or set()
-        step("docker-compose.yml", self.check_compose, stages)
-        step("deploy/k8s", self.check_k8s)
-        step("deploy/nats/values.yaml", self.check_nats_values)
-        step("deploy/k8s (custom resources)", self.check_crds)
+        if "docker" in parts:
+            stages = step("Dockerfile", self.check_dockerfile) or set()
+            step("docker-compose.yml", self.check_compose, stages)
+        if "k8s" in parts:
+            step("deploy/k8s", self.check_k8s)
+        if "nats" in parts:
+            step("deploy/nats/values.yaml", self.check_nats_values)
+        if "k8s" in parts:
+            step("deploy/k8s (custom resources)", self.check_crds)
         return self.problems
+
+
+def _strict(schema):
+    """A CRD's structural schema with unknown fields refused (additionalProperties: false where
+    the schema lists properties and does not keep unknown fields), and int-or-string allowed."""
+    if isinstance(schema, list):
+        return [_strict(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _strict(v) for k, v in schema.items() if not k.startswith("x-kubernetes")}
+    if schema.get("x-kubernetes-int-or-string"):
+        out.pop("type", None)
+        out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
+    if "properties" in schema and not schema.get("x-kubernetes-preserve-unknown-fields") \
+            and "additionalProperties" not in schema:
+        out["additionalProperties"] = False
+    return out
+
+
+def _cpu(value) -> float:
+    text = str(value or "0")
+    return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+def _bytes(value) -> float:
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]i?)?", str(value or "0").strip())
+    if not m:
+        return 0
+    unit = {"": 1, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30,
+            "Ti": 2**40}[m.group(2) or ""]
+    return float(m.group(1)) * unit
 
 
 def parse_seconds(value: str) -> float | None:
@@ -798,8 +1107,23 @@ MUTATIONS = [
      "Service/instantchat-ingest"),
     ("misspelt HTTPRoute field", "deploy/k8s/base/httproute.yaml", "backendRefs:\n        - name: instantchat-gateway",
      "backendRef:\n        - name: instantchat-gateway", "backendRef"),
-    ("invalid sessionPersistence", "deploy/k8s/components/session-persistence/kustomization.yaml",
-     "type: Cookie", "type: Cookies", "sessionPersistence/type"),
+    ("a field removed from Gateway API (sessionPersistence.idleTimeout, gone in 1.6)",
+     "deploy/k8s/base/httproute.yaml", "      timeouts:\n",
+     "      sessionPersistence:\n        sessionName: sio\n        idleTimeout: 1h\n      timeouts:\n",
+     "idleTimeout"),
+    ("route without its HTTPS listener", "deploy/k8s/base/httproute.yaml", "      sectionName: https\n", "",
+     "no sectionName"),
+    ("route on the plain-HTTP listener", "deploy/k8s/overlays/dev/kustomization.yaml",
+     "            sectionName: https\n", "            sectionName: http\n", "not HTTPS"),
+    ("HTTPS listener without a certificate", "deploy/k8s/overlays/dev/gateway.yaml",
+     "        certificateRefs:\n          - kind: Secret\n            name: instantchat-tls\n", "",
+     "without a certificate"),
+    ("ServiceMonitor no Prometheus selects", "deploy/k8s/components/servicemonitor/servicemonitor.yaml",
+     "    release: kube-prometheus-stack\n", "", "serviceMonitorSelector"),
+    ("NATS_URL without the service's user", "deploy/k8s/base/gateway-deployment.yaml",
+     "value: nats://gateway:$(NATS_GATEWAY_PASSWORD)@", "value: nats://", "NATS_URL must log in"),
+    ("a value in secret.example.yaml", "deploy/k8s/base/secret.example.yaml", 'JWT_SECRET: ""',
+     'JWT_SECRET: "change-me-to-a-long-random-string"', "has a value"),
     ("secret in the base", "deploy/k8s/base/kustomization.yaml", "  - httproute.yaml\n",
      "  - httproute.yaml\n  - secret.example.yaml\n", "secret.example.yaml"),
     ("grace period below the drain", "deploy/k8s/base/gateway-deployment.yaml",
@@ -812,16 +1136,40 @@ MUTATIONS = [
      "      - ACCOUNT_ACCES=claim\n", "ACCOUNT_ACCES"),
     ("Compose schema", "docker-compose.yml", "    restart: unless-stopped\n\n  ingest:",
      "    restartt: unless-stopped\n\n  ingest:", "Compose specification"),
-    ("Compose env without .env.example", "docker-compose.yml", "${JWT_SECRET:?", "${JWT_SECRETS:?",
+    ("Compose env without .env.example", "docker-compose.yml", "${JWT_SECRET:-}", "${JWT_SECRETS:-}",
      "JWT_SECRETS"),
+    ("required Compose variable (compose down fails without .env)", "docker-compose.yml", "${JWT_SECRET:-}",
+     "${JWT_SECRET:?set JWT_SECRET in .env}", "required variable"),
+    ("a secret in .env.example", ".env.example", "\nJWT_SECRET=\n", "\nJWT_SECRET=change-me\n", ".env.example"),
+    ("gateways trusting a private range", "docker-compose.yml", "TRUSTED_PROXIES: ${LB_ADDRESS:-172.28.57.10}",
+     "TRUSTED_PROXIES: 10.0.0.0/8,172.16.0.0/12,192.168.0.0/16", "TRUSTED_PROXIES"),
+    ("no open-files limit in compose", "docker-compose.yml", "      - \"3000\"\n    ulimits: *nofile\n",
+     "      - \"3000\"\n", "ulimits"),
+    ("ingest on the gateway's NATS user", "docker-compose.yml", "nats://ingest:${NATS_INGEST_PASSWORD:-}@",
+     "nats://gateway:${NATS_GATEWAY_PASSWORD:-}@", "not as the"),
+    ("nginx appending to the client's X-Forwarded-For", "deploy/compose/nginx.conf",
+     "proxy_set_header X-Forwarded-For $remote_addr;", "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
+     "X-Forwarded-For must be"),
+    ("nginx trusting a wide range", "deploy/compose/nginx.conf", "  real_ip_header X-Forwarded-For;",
+     "  set_real_ip_from 172.16.0.0/12;\n  real_ip_header X-Forwarded-For;", "set_real_ip_from"),
+    ("nginx workers at the soft limit", "deploy/compose/nginx.conf", "worker_rlimit_nofile 65536;", "",
+     "worker_rlimit_nofile"),
+    ("an image that builds every binary", "Dockerfile", "-p instantchat-gateway --bin instantchat-gateway",
+     "--bins", "must build only"),
+    ("NATS permissions out of step with compose's", "deploy/nats/values.yaml",
+     "                - $JS.API.STREAM.INFO.INSTANTCHAT_WEBHOOKS\n", "", "permissions differ"),
+    ("NATS open to other pods", "deploy/nats/values.yaml", "values: [instantchat-ingest, instantchat-gateway]",
+     "values: [instantchat-ingest, instantchat-gateway, debug-shell]", "admits"),
+    ("NATS without GOMEMLIMIT", "deploy/nats/values.yaml", "    GOMEMLIMIT: 6GiB\n", "", "GOMEMLIMIT"),
+    ("NATS below the chart's recommendation", "deploy/nats/values.yaml", "        cpu: \"2\"\n        memory: 8Gi\n      limits:",
+     "        cpu: 250m\n        memory: 512Mi\n      limits:", "requests equal to limits"),
     ("gateway host port", "docker-compose.yml", "    expose:\n      - \"3000\"\n",
      "    ports:\n      - \"3000:3000\"\n", "publishes host ports"),
     ("nginx without re-resolution", "deploy/compose/nginx.conf", "server gateway:3000 resolve", "server gateway:3000",
      "without `resolve`"),
     ("Dockerfile lint", "Dockerfile", "WORKDIR /src\n", "WORKDIR src\n", "hadolint"),
     ("runtime as root", "Dockerfile", "USER 10001:10001\n", "", "runs as root"),
-    ("patched dependency not copied", "Dockerfile", "COPY crates crates\nCOPY vendor vendor\n",
-     "COPY crates crates\n", "does not COPY `vendor`"),
+    ("patched dependency not copied", "Dockerfile", "COPY vendor vendor\n", "", "does not COPY `vendor`"),
     ("NATS without JetStream", "deploy/nats/values.yaml", "  jetstream:\n    enabled: true",
      "  jetstream:\n    enabled: false", "jetstream"),
 ]
@@ -847,7 +1195,10 @@ def self_test(root: Path, tools: Path) -> int:
                 failures.append(f"self-test `{description}`: cannot apply (text not found in {rel})")
                 continue
             target.write_text(text.replace(old, new, 1))
-            problems = Checker(work, tools).run()
+            # Only the checks that read the broken file (the full run above covered the rest).
+            parts = {"k8s"} if rel.startswith("deploy/k8s/") else {"nats"} if rel.startswith("deploy/nats/") \
+                else {"docker", "nats"}
+            problems = Checker(work, tools).run(parts)
             if not any(expected in p for p in problems):
                 failures.append(f"self-test `{description}`: not caught (expected a problem mentioning "
                                 f"`{expected}`; got {problems or 'none'})")

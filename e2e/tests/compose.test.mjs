@@ -1,18 +1,23 @@
 // The docker-compose.yml topology without Docker: one nats-server, one ingest and three gateways
 // (as `docker compose up --scale gateway=3`), each started with the `command` / `environment` that
 // docker-compose.yml gives it, interpolated from a test .env the way Compose does. Only what Docker
-// would provide differently is overridden: ports, the loopback address and NATS_URL. So the
-// compose file and the binaries' settings cannot drift apart unnoticed.
+// would provide differently is overridden: ports, the loopback address and NATS_URL's host (its
+// user and password stay). So the compose file and the binaries' settings cannot drift apart
+// unnoticed. nats-server runs with compose's entrypoint script and deploy/compose/nats.conf, users
+// and permissions included: the services must work with their own NATS users, a permission they
+// lack fails the test (the server logs every violation), and the gateway's user is shown unable to
+// publish events or delete a stream.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { parse } from 'yaml';
 import {
   repoRoot, freePort, within, sleep, token, sign, seedBody, connect, next, request,
 } from '../lib/harness.mjs';
+import { NatsWire } from '../lib/nats-wire.mjs';
 
 const binDir = process.env.INSTANTCHAT_BIN_DIR ?? join(repoRoot, 'target', 'debug');
 const compose = parse(readFileSync(join(repoRoot, 'docker-compose.yml'), 'utf8'));
@@ -60,9 +65,37 @@ function serviceEnv(name, dotenv) {
 function startProcess(name, bin, args, env, output = 'inherit') {
   const child = spawn(bin, args, { env: { PATH: process.env.PATH, ...env }, stdio: ['ignore', output, output] });
   child.on('error', (e) => console.error(`${name}: ${e.message}`));
+  child.output = '';
+  if (output === 'pipe') {
+    for (const stream of [child.stdout, child.stderr]) stream.on('data', (d) => { child.output += d; });
+  }
   child.exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
   return child;
 }
+
+/** The repository file that compose mounts at `containerPath` in `service`. */
+function mountedFile(service, containerPath) {
+  const mount = (compose.services[service].volumes ?? []).find((v) => v.split(':')[1] === containerPath);
+  assert.ok(mount, `compose mounts ${containerPath} into ${service}`);
+  return join(repoRoot, mount.split(':')[0]);
+}
+
+/**
+ * nats-server as compose runs it: its entrypoint (a shell script from the repository) with
+ * `args`, `env` from compose's environment, nats-server found on PATH. Output is kept in
+ * `.output` (every permission violation is logged there).
+ */
+function startNats(args, env) {
+  const entrypoint = compose.services.nats.entrypoint;
+  assert.ok(Array.isArray(entrypoint) && entrypoint[0] === '/bin/sh', 'the nats entrypoint is a /bin/sh script');
+  const script = mountedFile('nats', entrypoint[1]);
+  const natsBin = process.env.NATS_SERVER_BIN ?? 'nats-server';
+  const path = natsBin.includes('/') ? `${dirname(natsBin)}:${process.env.PATH}` : process.env.PATH;
+  return startProcess('nats', '/bin/sh', [script, ...args], { ...env, PATH: path }, 'pipe');
+}
+
+/** nats-server's log lines that report a permission or authorization violation. */
+const violations = (nats) => nats.output.split('\n').filter((l) => /Violation/i.test(l));
 
 async function stop(child, signal = 'SIGTERM') {
   if (!child || child.exitCode !== null || child.signalCode !== null) return child?.exited;
@@ -96,6 +129,8 @@ const dotenv = {
   INSTAGRAM_APP_SECRET: `${OLD_APP_SECRET},${NEW_APP_SECRET}`,
   INSTAGRAM_WEBHOOK_VERIFY_TOKEN: 'compose-verify-token',
   JWT_SECRET: 'compose-jwt-secret-0123456789abcdef',
+  NATS_INGEST_PASSWORD: '0123456789abcdef0123456789abcdef',
+  NATS_GATEWAY_PASSWORD: 'fedcba9876543210fedcba9876543210',
   RUST_LOG: process.env.E2E_RUST_LOG ?? 'warn',
 };
 
@@ -106,7 +141,8 @@ before(async () => {
   sys.gatewayEnv = serviceEnv('gateway', dotenv);
   assert.ok((compose.services.gateway.deploy?.replicas ?? 1) >= 2, 'compose runs two or more gateways');
 
-  // nats: the compose command, with the store and monitoring port moved to this machine's free ones.
+  // nats: compose's entrypoint and command, with the store and monitoring port moved to this
+  // machine's free ones.
   sys.storeDir = mkdtempSync(join(tmpdir(), 'instantchat-compose-'));
   const natsPort = await freePort();
   const monitorPort = await freePort();
@@ -119,28 +155,38 @@ before(async () => {
   setArg('--store_dir', sys.storeDir);
   setArg('--http_port', String(monitorPort));
   // The config file, from the repository path compose mounts it from.
-  const mount = compose.services.nats.volumes.find((v) => v.split(':')[1] === natsArgs[natsArgs.indexOf('--config') + 1]);
-  assert.ok(mount, 'compose mounts the nats config file');
-  setArg('--config', join(repoRoot, mount.split(':')[0]));
+  setArg('--config', mountedFile('nats', natsArgs[natsArgs.indexOf('--config') + 1]));
   natsArgs.push('-a', '127.0.0.1', '-p', String(natsPort));
-  sys.nats = startProcess('nats', process.env.NATS_SERVER_BIN ?? 'nats-server', natsArgs, {}, 'ignore');
+  sys.natsPort = natsPort;
+  sys.natsEnv = serviceEnv('nats', dotenv);
+  sys.nats = startNats(natsArgs, sys.natsEnv);
   // The compose healthcheck's URL, on the moved monitoring port.
   const health = compose.services.nats.healthcheck.test.find((t) => String(t).startsWith('http://'));
   await waitOk(health.replace(/^http:\/\/[^/]+/, `http://127.0.0.1:${monitorPort}`), 'nats (JetStream)', sys.nats);
-  const natsUrl = `nats://127.0.0.1:${natsPort}`;
+  // NATS_URL as compose gives it, user and password included, with the server's address here.
+  const natsUrl = (env) => {
+    assert.match(env.NATS_URL, /^nats:\/\/[a-z]+:[^@]+@nats:4222$/, 'NATS_URL names a user and the nats service');
+    return env.NATS_URL.replace(/@nats:4222$/, `@127.0.0.1:${natsPort}`);
+  };
 
   sys.ingestPort = await freePort();
   sys.ingestUrl = `http://127.0.0.1:${sys.ingestPort}`;
   sys.ingest = startProcess('ingest', join(binDir, 'instantchat-ingest'), [],
-    { ...sys.ingestEnv, PORT: String(sys.ingestPort), NATS_URL: natsUrl });
+    { ...sys.ingestEnv, PORT: String(sys.ingestPort), NATS_URL: natsUrl(sys.ingestEnv) });
+  sys.ingestNatsUrl = natsUrl(sys.ingestEnv);
   for (let i = 0; i < 3; i++) {
     const port = await freePort();
     const proc = startProcess(`gateway ${i}`, join(binDir, 'instantchat-gateway'), [],
-      { ...sys.gatewayEnv, PORT: String(port), BIND_ADDRESS: '127.0.0.1', NATS_URL: natsUrl });
+      { ...sys.gatewayEnv, PORT: String(port), BIND_ADDRESS: '127.0.0.1', NATS_URL: natsUrl(sys.gatewayEnv) });
     sys.gateways.push({ port, url: `http://127.0.0.1:${port}`, proc });
   }
-  await waitOk(`${sys.ingestUrl}/readyz`, 'ingest', sys.ingest);
-  for (const g of sys.gateways) await waitOk(`${g.url}/readyz`, 'gateway', g.proc);
+  try {
+    await waitOk(`${sys.ingestUrl}/readyz`, 'ingest', sys.ingest);
+    for (const g of sys.gateways) await waitOk(`${g.url}/readyz`, 'gateway', g.proc);
+  } catch (e) {
+    e.message += `; nats-server logged: ${JSON.stringify(violations(sys.nats))}`;
+    throw e;
+  }
 });
 
 after(async () => {
@@ -174,14 +220,33 @@ async function postWebhook(id, secret) {
 }
 
 test('the services start with exactly the compose environment', () => {
+  assert.equal(sys.ingestEnv.NATS_URL, `nats://ingest:${dotenv.NATS_INGEST_PASSWORD}@nats:4222`,
+    'ingest talks to the nats service as its own user');
+  assert.equal(sys.gatewayEnv.NATS_URL, `nats://gateway:${dotenv.NATS_GATEWAY_PASSWORD}@nats:4222`,
+    'the gateways talk to the nats service as their own user');
   for (const [name, env] of [['ingest', sys.ingestEnv], ['gateway', sys.gatewayEnv]]) {
-    assert.equal(env.NATS_URL, 'nats://nats:4222', `${name} talks to the nats service`);
     assert.ok(env.PORT, `${name} sets PORT`);
   }
   assert.equal(sys.ingestEnv.INSTAGRAM_APP_SECRET, `${OLD_APP_SECRET},${NEW_APP_SECRET}`);
   assert.equal(sys.gatewayEnv.JWT_SECRET, dotenv.JWT_SECRET);
-  assert.throws(() => serviceEnv('gateway', { ...dotenv, JWT_SECRET: '' }), /JWT_SECRET/,
-    'compose refuses to start without JWT_SECRET');
+});
+
+test('without .env compose still reads (ps, logs, down work) and every service refuses to start, naming what to set', async () => {
+  // No .env at all: every interpolation has a default, so compose itself does not stop.
+  const bare = Object.fromEntries(['nats', 'ingest', 'gateway'].map((name) => [name, serviceEnv(name, {})]));
+  const natsArgs = [...compose.services.nats.command];
+  natsArgs[natsArgs.indexOf('--config') + 1] = mountedFile('nats', natsArgs[natsArgs.indexOf('--config') + 1]);
+  const nats = startNats(natsArgs, bare.nats);
+  assert.notEqual((await within(10000, 'nats to refuse', nats.exited)).code, 0);
+  assert.match(nats.output, /NATS_INGEST_PASSWORD .*\.env/, nats.output);
+
+  for (const [name, bin, secret] of [['ingest', 'instantchat-ingest', 'INSTAGRAM_APP_SECRET'], ['gateway', 'instantchat-gateway', 'JWT_SECRET']]) {
+    const port = await freePort();
+    const child = startProcess(name, join(binDir, bin), [], { ...bare[name], PORT: String(port), BIND_ADDRESS: '127.0.0.1' }, 'pipe');
+    const exit = await within(10000, `${name} to refuse`, child.exited);
+    assert.notEqual(exit.code, 0, `${name} refused to start`);
+    assert.match(child.output, new RegExp(secret), `${name} names ${secret}: ${child.output}`);
+  }
 });
 
 test("Meta's subscription check uses compose's verify token", async () => {
@@ -243,4 +308,53 @@ test('a webhook reaches clients on all three gateways; a stopped gateway\'s clie
   // And it is live again on its new gateway.
   assert.equal(await postWebhook('c3', NEW_APP_SECRET), 200);
   await next(back, 'webhook_event', (e) => e.id === 'comments:c3');
+});
+
+test('the services needed no NATS permission that deploy/compose/nats.conf does not give them', () => {
+  assert.deepEqual(violations(sys.nats), [], 'nats-server logged no permission violation');
+});
+
+test('ingest updates its streams with its own NATS user (a restart with other retention settings)', async () => {
+  await stop(sys.ingest);
+  sys.ingest = startProcess('ingest', join(binDir, 'instantchat-ingest'), [],
+    { ...sys.ingestEnv, EVENT_RETENTION: '12h', PORT: String(sys.ingestPort), NATS_URL: sys.ingestNatsUrl });
+  await waitOk(`${sys.ingestUrl}/readyz`, 'ingest (restarted)', sys.ingest);
+  const probe = await NatsWire.connect({ port: sys.natsPort, user: 'ingest', pass: dotenv.NATS_INGEST_PASSWORD });
+  try {
+    const info = await probe.request('$JS.API.STREAM.INFO.INSTANTCHAT_EVENTS');
+    assert.equal(JSON.parse(info.reply).config.max_age, 12 * 3600 * 1e9, 'the stream took the new retention');
+  } finally {
+    probe.close();
+  }
+  assert.equal(await postWebhook('c4', NEW_APP_SECRET), 200);
+  assert.deepEqual(violations(sys.nats), []);
+});
+
+test("the gateway's NATS user cannot publish events or webhooks, nor change or delete a stream; ingest's cannot delete one", async () => {
+  const gateway = await NatsWire.connect({ port: sys.natsPort, user: 'gateway', pass: dotenv.NATS_GATEWAY_PASSWORD });
+  const ingest = await NatsWire.connect({ port: sys.natsPort, user: 'ingest', pass: dotenv.NATS_INGEST_PASSWORD });
+  try {
+    for (const subject of ['instantchat.events.acct_compose.comments', 'instantchat.webhooks.instagram']) {
+      const errors = await gateway.publish(subject, '{"forged":true}');
+      assert.match(errors.join(), /Permissions Violation for Publish/, `gateway publishing to ${subject}`);
+    }
+    for (const subject of ['$JS.API.STREAM.DELETE.INSTANTCHAT_EVENTS', '$JS.API.STREAM.PURGE.INSTANTCHAT_EVENTS',
+      '$JS.API.STREAM.UPDATE.INSTANTCHAT_EVENTS', '$JS.API.STREAM.DELETE.INSTANTCHAT_WEBHOOKS',
+      '$JS.API.STREAM.MSG.DELETE.INSTANTCHAT_EVENTS']) {
+      const { errors } = await gateway.request(subject, '{}');
+      assert.match(String(errors), /Permissions Violation for Publish/, `gateway requesting ${subject}`);
+    }
+    for (const subject of ['$JS.API.STREAM.DELETE.INSTANTCHAT_EVENTS', '$JS.API.STREAM.PURGE.INSTANTCHAT_WEBHOOKS']) {
+      const { errors } = await ingest.request(subject, '{}');
+      assert.match(String(errors), /Permissions Violation for Publish/, `ingest requesting ${subject}`);
+    }
+    // Both streams are still there, with their events: the gateway's user may read them.
+    const info = JSON.parse((await gateway.request('$JS.API.STREAM.INFO.INSTANTCHAT_EVENTS')).reply);
+    assert.ok(info.state.messages >= 4, JSON.stringify(info.state));
+  } finally {
+    gateway.close();
+    ingest.close();
+  }
+  // A wrong password is refused outright.
+  await assert.rejects(NatsWire.connect({ port: sys.natsPort, user: 'gateway', pass: 'not-the-password' }), /Authorization Violation/);
 });

@@ -87,7 +87,22 @@ impl NatsBus {
         manage: Option<Retention>,
     ) -> Result<Self, BusError> {
         let (connected_tx, connections) = watch::channel(0u64);
-        let client = async_nats::ConnectOptions::new()
+        let mut options = async_nats::ConnectOptions::new();
+        // async-nats takes the server from a URL but ignores its `user:password@`: pass them on,
+        // so that NATS_URL=nats://USER:PASSWORD@HOST:PORT logs in as that user (deploy/ gives
+        // ingest and the gateways users of their own).
+        if let Some(addr) = url
+            .split(',')
+            .next()
+            .and_then(|first| first.trim().parse::<async_nats::ServerAddr>().ok())
+            && let Some(user) = addr.username()
+        {
+            options = options.user_and_password(
+                user.to_owned(),
+                addr.password().unwrap_or_default().to_owned(),
+            );
+        }
+        let client = options
             .name(name)
             .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(2))

@@ -22,6 +22,8 @@ async fn main() -> anyhow::Result<()> {
     };
     // Flushes pending spans when main returns.
     let _telemetry = instantchat_telemetry::init(SERVICE_NAME, &config.log_format);
+    // Every client socket is a file; containers start with a soft limit of 1,024.
+    instantchat_service::limits::raise_and_log();
     let app = Application::build(config).await?;
     app.run_until_stopped(instantchat_service::shutdown::signal())
         .await?;

@@ -1,5 +1,6 @@
 //! `instantchat-ingest`: parse the configuration (every problem at once, exit 2), set up logs
-//! (and traces when `OTEL_EXPORTER_OTLP_ENDPOINT` is set), serve until SIGINT/SIGTERM.
+//! (and traces when `OTEL_EXPORTER_OTLP_ENDPOINT` is set), raise the open-files limit, serve until
+//! SIGINT/SIGTERM.
 
 use clap::Parser;
 use instantchat_ingest::{Application, Args, Config, SERVICE_NAME};
@@ -29,6 +30,8 @@ async fn main() -> anyhow::Result<()> {
         exporter: Exporter::from_env(),
         otlp_traces_endpoint: None,
     });
+    // Every webhook connection is a file; containers start with a soft limit of 1,024.
+    instantchat_service::limits::raise_and_log();
     let app = Application::build(config).await?;
     app.run_until_stopped(instantchat_service::shutdown::signal())
         .await?;

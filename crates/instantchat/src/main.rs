@@ -48,6 +48,8 @@ async fn single_process(
     let _telemetry = log_problems
         .is_empty()
         .then(|| instantchat_telemetry::init("instantchat", log_format));
+    // Every client socket is a file; containers start with a soft limit of 1,024.
+    instantchat_service::limits::raise_and_log();
     single::run(args, dev, log_problems).await
 }
 

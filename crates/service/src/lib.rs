@@ -7,7 +7,10 @@
 //!   connection.
 //! - [`shutdown::signal`]: resolves on the first SIGINT or SIGTERM; every server's graceful
 //!   shutdown starts there.
+//! - [`limits::raise_and_log`]: raises the open-files soft limit to the hard limit at start-up
+//!   (containers start at 1,024) and logs what the process got.
 
 pub mod config;
+pub mod limits;
 pub mod serve;
 pub mod shutdown;
