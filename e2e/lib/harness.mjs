@@ -12,7 +12,7 @@ import { io } from 'socket.io-client';
 
 const here = dirname(fileURLToPath(import.meta.url));
 export const repoRoot = join(here, '..', '..');
-export const fixturesDir = join(repoRoot, '..', 'shared', 'fixtures', 'instagram');
+export const fixturesDir = join(repoRoot, 'testdata', 'instagram');
 const binDir = process.env.INSTANTCHAT_BIN_DIR ?? join(repoRoot, 'target', 'debug');
 
 export const APP_SECRET = 'test_app_secret';
@@ -152,7 +152,7 @@ export async function postWebhook(sys, body, signature = sign(body)) {
   return { status: res.status, body: await res.text() };
 }
 
-/** A webhook in the seed's simplified shape, signed. */
+/** A webhook in the simplified shape (`source: simple`), signed. */
 export function seedBody({ id, eventType = 'comments', accountId = 'acct_1', text = 'hello' }) {
   return Buffer.from(JSON.stringify({
     id, eventType, accountId, sender: { id: 'sender_1', username: 'ana' },
@@ -197,7 +197,7 @@ export function request(socket, event, data, ms = 10000) {
   return within(ms, `ack of ${event}`, socket.emitWithAck(event, data));
 }
 
-/** Connects and authenticates the seed's way; resolves when auth_success arrived. */
+/** Connects and authenticates with the `authenticate` event; resolves when auth_success arrived. */
 export async function authed(gateway, { userId = 'user_1', accounts = ['*'], opts = {} } = {}) {
   const socket = connect(gateway, opts);
   await next(socket, 'connect');

@@ -248,7 +248,7 @@ pub async fn raw_http(port: u16, parts: Vec<(Vec<u8>, Duration)>) -> (u16, Strin
 fn fixtures_dir() -> PathBuf {
     PathBuf::from(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/fixtures/instagram"
+        "/../../testdata/instagram"
     ))
 }
 
