@@ -14,13 +14,8 @@
 ARG RUST_IMAGE=rust:1.95-bookworm
 ARG RUNTIME_IMAGE=debian:bookworm-slim
 
-# --- toolchain: Rust, cargo-chef, and Node (crates/instantchat's build script runs `npm ci` in web/)
+# --- toolchain: Rust and cargo-chef (the console's socket.io-client bundle is committed in web/)
 FROM ${RUST_IMAGE} AS chef
-# Debian's own nodejs/npm: the versions are fixed by the bookworm release, so they are not pinned.
-# hadolint ignore=DL3008
-RUN apt-get update \
- && apt-get install -y --no-install-recommends nodejs npm \
- && rm -rf /var/lib/apt/lists/*
 RUN cargo install cargo-chef --locked --version 0.1.78
 WORKDIR /src
 
