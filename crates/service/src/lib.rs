@@ -5,6 +5,10 @@
 //!   connection.
 //! - [`shutdown::signal`]: resolves on the first SIGINT or SIGTERM; every server's graceful
 //!   shutdown starts there.
+//! - [`secrets::check_secret`]: refuses a secret setting whose value is published in this
+//!   repository or too weak to be real, with a message that says how to get a good one;
+//!   [`secrets::generate`] makes one.
 
+pub mod secrets;
 pub mod serve;
 pub mod shutdown;
