@@ -6,10 +6,11 @@
 //! with its other ones. A value is refused when it is
 //!
 //! - **published**: one of the example values in this repository (`.env.example`, the Kubernetes
-//!   secret examples, the README and docs/), which anyone can read: a gateway started with the
-//!   example `JWT_SECRET` accepts tokens minted by anyone, an ingest with the example app secret
-//!   accepts forged webhooks;
-//! - **a placeholder**: it contains a marker such as `change-me`, `replace-me` or `placeholder`;
+//!   secret examples, the README and docs/) or of the Node.js backend this one replaces, which
+//!   anyone can read: a gateway started with the example `JWT_SECRET` accepts tokens minted by
+//!   anyone, an ingest with the example app secret accepts forged webhooks;
+//! - **a placeholder**: it contains a marker such as `change-me`, `replace-me`, `placeholder` or
+//!   `your_`;
 //! - **too short**: fewer than [`MIN_LEN`] characters;
 //! - **too few distinct characters**: fewer than a quarter of its length, capped at 6
 //!   (`aaaaaaaabbbbbbbbc`);
@@ -31,9 +32,11 @@ pub const MIN_LEN: usize = 16;
 
 /// The example values published with InstantChat: in `.env.example`,
 /// `deploy/k8s/base/secret.example.yaml`, `deploy/k8s/overlays/dev/secrets.env.example`, the
-/// README and docs/ (the placeholders of its commands: `...`, `old,new`, `<new>`, `<old>`). Also
-/// refused by the other rules; listed so that the message says where the value comes from, and
-/// so that a future example long enough to pass them is still refused. Compared exactly.
+/// README and docs/ (the placeholders of its commands: `...`, `old,new`, `<new>`, `<old>`), and
+/// the environment examples of the Node.js backend this one replaces, which an operator may
+/// carry over. Most are refused by the other rules too; listed so that the message says where
+/// the value comes from, and so that an example long enough to pass them is still refused.
+/// Compared exactly.
 pub const PUBLISHED_EXAMPLES: &[&str] = &[
     "change-me",
     "change-me-to-a-long-random-string",
@@ -44,6 +47,9 @@ pub const PUBLISHED_EXAMPLES: &[&str] = &[
     "<old>",
     "<new>",
     "old,new",
+    "your_jwt_secret_here",
+    "your_verify_token",
+    "your_app_secret",
 ];
 
 /// Substrings of a placeholder, compared case-insensitively: no generated secret has them.
@@ -55,6 +61,8 @@ const PLACEHOLDER_MARKERS: &[&str] = &[
     "replace_me",
     "replaceme",
     "placeholder",
+    "your_",
+    "your-",
 ];
 
 /// `Ok` when `value` may be used as the secret setting `setting` (its name, e.g. `JWT_SECRET`,
@@ -175,6 +183,7 @@ mod tests {
             "CHANGEME_ab12cd34ef56",
             "replace_me_with_9f8e7d6c5b4a",
             "placeholder-1234567890abcdef",
+            "your_jwt_secret_for_production",
         ] {
             assert!(refused(value).contains("placeholder"), "{value}");
         }
