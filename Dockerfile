@@ -21,7 +21,8 @@ ARG RUST_IMAGE=rust:1.95-bookworm
 ARG RUNTIME_IMAGE=debian:bookworm-slim
 
 # --- the workspace's sources (Cargo.toml's path dependencies: crates/, vendor/; proto/ for
-#     crates/event's build script; web/ for the console that crates/instantchat embeds)
+#     crates/event's build script; web/ for the console that crates/instantchat embeds, its
+#     socket.io-client bundle committed: no Node needed)
 FROM ${RUST_IMAGE} AS sources
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
@@ -48,12 +49,6 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
  && install -D -m 0755 target/release/instantchat-gateway /out/instantchat-gateway
 
 FROM sources AS build-instantchat
-# crates/instantchat's build script runs `npm ci` in web/ for the console's socket.io-client
-# bundle. Debian's own nodejs/npm: fixed by the bookworm release, so not pinned.
-# hadolint ignore=DL3008
-RUN apt-get update \
- && apt-get install -y --no-install-recommends nodejs npm \
- && rm -rf /var/lib/apt/lists/*
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \

@@ -1,7 +1,7 @@
 // InstantChat live event console: connects to this server's Socket.IO gateway with the official
 // socket.io-client, authenticates with a token, subscribes and lists `webhook_event`s as they
 // arrive. It keeps the largest `seq` seen and, after any reconnect, subscribes with `since` so the
-// gateway replays what was missed (PROTOCOL.md section 4).
+// gateway replays what was missed (docs/protocol.md, "Resume").
 'use strict';
 
 (() => {

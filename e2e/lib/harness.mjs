@@ -12,10 +12,15 @@ import { io } from 'socket.io-client';
 
 const here = dirname(fileURLToPath(import.meta.url));
 export const repoRoot = join(here, '..', '..');
-export const fixturesDir = join(repoRoot, '..', 'shared', 'fixtures', 'instagram');
+export const fixturesDir = join(repoRoot, 'testdata', 'instagram');
 const binDir = process.env.INSTANTCHAT_BIN_DIR ?? join(repoRoot, 'target', 'debug');
 
-export const APP_SECRET = 'test_app_secret';
+/** The app secret the services run with: as Meta makes them (32 hex digits); they refuse weak ones. */
+export const APP_SECRET = '4f1c9a2be07d3856a1c4e9f02b7d6a35';
+/** The secret of the fixture manifest's signatures (too weak for the services to accept). */
+export const MANIFEST_SECRET = 'test_app_secret';
+/** The verify token of Meta's subscription check the ingest under test expects. */
+export const VERIFY_TOKEN = '5d0c2e8b9f1b5d0c7e3a9f1b';
 export const JWT_SECRET = 'e2e-jwt-secret-0123456789abcdef';
 export const ORIGIN = 'http://localhost:5173';
 
@@ -97,7 +102,7 @@ export async function startSystem({ gateways = [{}], ingestEnv = {} } = {}) {
   sys.ingestUrl = `http://127.0.0.1:${sys.ingestPort}`;
   sys.ingest = startProcess('ingest', join(binDir, 'instantchat-ingest'), {
     PORT: String(sys.ingestPort), NATS_URL: sys.natsUrl, INSTAGRAM_APP_SECRET: APP_SECRET,
-    INSTAGRAM_WEBHOOK_VERIFY_TOKEN: 'verify-me', ...ingestEnv,
+    INSTAGRAM_WEBHOOK_VERIFY_TOKEN: VERIFY_TOKEN, ...ingestEnv,
   });
   for (const extra of gateways) {
     const port = await freePort();
@@ -138,10 +143,19 @@ export function sign(body, secret = APP_SECRET) {
   return 'sha256=' + createHmac('sha256', secret).update(body).digest('hex');
 }
 
+/**
+ * A Meta fixture, byte for byte, signed with APP_SECRET. Its manifest signature (made with
+ * MANIFEST_SECRET, which the services refuse) is checked first, so the bytes are the ones Meta's
+ * signature covered.
+ */
 export function fixture(name) {
   const manifest = JSON.parse(readFileSync(join(fixturesDir, 'manifest.json'), 'utf8'));
   const entry = manifest.fixtures.find((f) => f.file.startsWith(name));
-  return { body: readFileSync(join(fixturesDir, entry.file)), signature: entry.x_hub_signature_256 };
+  const body = readFileSync(join(fixturesDir, entry.file));
+  if (sign(body, MANIFEST_SECRET) !== entry.x_hub_signature_256) {
+    throw new Error(`${entry.file} is not the body its manifest signature covers`);
+  }
+  return { body, signature: sign(body) };
 }
 
 export async function postWebhook(sys, body, signature = sign(body)) {
@@ -152,7 +166,7 @@ export async function postWebhook(sys, body, signature = sign(body)) {
   return { status: res.status, body: await res.text() };
 }
 
-/** A webhook in the seed's simplified shape, signed. */
+/** A webhook in the simplified shape (`source: simple`), signed. */
 export function seedBody({ id, eventType = 'comments', accountId = 'acct_1', text = 'hello' }) {
   return Buffer.from(JSON.stringify({
     id, eventType, accountId, sender: { id: 'sender_1', username: 'ana' },
@@ -197,7 +211,7 @@ export function request(socket, event, data, ms = 10000) {
   return within(ms, `ack of ${event}`, socket.emitWithAck(event, data));
 }
 
-/** Connects and authenticates the seed's way; resolves when auth_success arrived. */
+/** Connects and authenticates with the `authenticate` event; resolves when auth_success arrived. */
 export async function authed(gateway, { userId = 'user_1', accounts = ['*'], opts = {} } = {}) {
   const socket = connect(gateway, opts);
   await next(socket, 'connect');

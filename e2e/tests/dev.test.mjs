@@ -4,13 +4,17 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { join } from 'node:path';
-import { freePort, connect, next, request, within, waitUntil, sleep, repoRoot, fixturesDir, stopProcess, waitHttp } from '../lib/harness.mjs';
+import {
+  freePort, connect, next, request, within, waitUntil, sleep, repoRoot, fixturesDir, stopProcess, waitHttp, APP_SECRET,
+} from '../lib/harness.mjs';
 
 const bin = join(process.env.INSTANTCHAT_BIN_DIR ?? join(repoRoot, 'target', 'debug'), 'instantchat');
 let dev;
 let printed = '';
 let port;
 const cleanEnv = { PATH: process.env.PATH, RUST_LOG: 'warn' };
+/** A JWT secret as `openssl rand -hex 32` makes one. */
+const STRONG_JWT_SECRET = '9b2e61f0c8d74a3e5f1b0c6d2e8a7f43b5d9c1e0a6f2b8d4c7e3a9f1b5d0c2e8';
 
 before(async () => {
   port = await freePort();
@@ -119,7 +123,7 @@ test('bad CLI input: one-line error, non-zero exit, no panic', () => {
 test('serve checks its webhook and log settings as the services do, every problem at once', () => {
   const r = spawnSync(bin, ['serve', '--port', '0'], {
     env: {
-      ...cleanEnv, JWT_SECRET: 'j'.repeat(32), INSTAGRAM_APP_SECRET: 'a,,b', WEBHOOK_MAX_BODY_BYTES: '0',
+      ...cleanEnv, JWT_SECRET: STRONG_JWT_SECRET, INSTAGRAM_APP_SECRET: 'a,,b', WEBHOOK_MAX_BODY_BYTES: '0',
       LOG_FORMAT: 'xml', RUST_LOG: 'instantchat=loud',
     },
     encoding: 'utf8',
@@ -136,10 +140,37 @@ test('serve checks its webhook and log settings as the services do, every proble
   assert.doesNotMatch(r.stderr, /using `info`/, 'no logging starts with settings about to be refused');
 });
 
+test('serve refuses the published example secrets, saying what to do', () => {
+  // What `cp .env.example .env` gave before its secrets were left empty.
+  const r = spawnSync(bin, ['serve', '--port', '0'], {
+    env: { ...cleanEnv, JWT_SECRET: STRONG_JWT_SECRET, INSTAGRAM_APP_SECRET: 'change-me', INSTAGRAM_WEBHOOK_VERIFY_TOKEN: 'change-me' },
+    encoding: 'utf8',
+    timeout: 15000, // a server that accepted these settings would run until killed
+    killSignal: 'SIGKILL',
+  });
+  assert.equal(r.signal, null, 'serve started with the example secrets');
+  assert.notEqual(r.status, 0);
+  assert.match(r.stderr, /INSTAGRAM_APP_SECRET is an example value published with InstantChat .*: set it to the app secret from the Meta App Dashboard/);
+  assert.match(r.stderr, /INSTAGRAM_WEBHOOK_VERIFY_TOKEN is an example value published with InstantChat .*`instantchat secret` prints one/);
+});
+
+test('instantchat secret prints a new secret that the services accept', () => {
+  const run = (args) => spawnSync(bin, args, { env: cleanEnv, encoding: 'utf8', timeout: 10000 });
+  const [a, b] = [run(['secret']), run(['secret'])];
+  assert.equal(a.status, 0, a.stderr);
+  assert.match(a.stdout, /^[0-9a-f]{64}\n$/, 'one line, 32 random bytes as hex');
+  assert.notEqual(a.stdout, b.stdout);
+  assert.match(run(['secret', '--bytes', '16']).stdout, /^[0-9a-f]{32}\n$/);
+  assert.notEqual(run(['secret', '--bytes', '4']).status, 0, 'fewer than 8 bytes is refused');
+  const help = run(['secret', '--help']);
+  assert.match(help.stdout, /JWT_SECRET/);
+  assert.match(help.stdout, /INSTAGRAM_APP_SECRET is\s+not yours to choose/);
+});
+
 test('serve with an empty verify token refuses the subscription check', async () => {
   const p = await freePort();
   const serve = spawn(bin, ['serve', '--port', String(p), '--bind', '127.0.0.1'], {
-    env: { ...cleanEnv, JWT_SECRET: 'j'.repeat(32), INSTAGRAM_APP_SECRET: 's3cret', INSTAGRAM_WEBHOOK_VERIFY_TOKEN: '' },
+    env: { ...cleanEnv, JWT_SECRET: STRONG_JWT_SECRET, INSTAGRAM_APP_SECRET: APP_SECRET, INSTAGRAM_WEBHOOK_VERIFY_TOKEN: '' },
     stdio: ['ignore', 'ignore', 'inherit'],
   });
   try {

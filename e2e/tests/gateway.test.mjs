@@ -1,4 +1,4 @@
-// The gateway's Socket.IO protocol (PROTOCOL.md section 4) with the official socket.io-client,
+// The gateway's Socket.IO protocol (docs/protocol.md) with the official socket.io-client,
 // against real nats-server, instantchat-ingest and instantchat-gateway processes.
 import { test, before, after, describe } from 'node:test';
 import assert from 'node:assert/strict';
@@ -42,7 +42,7 @@ async function authedOnceFree(userId, ms = 10000) {
   }
 }
 
-describe('the seed testing flow', () => {
+describe('the frontend\'s flow', () => {
   for (const transport of ['websocket', 'polling']) {
     test(`connect, authenticate, subscribe, receive a signed webhook (${transport})`, async () => {
       const socket = connect(gw, { transports: [transport] });
@@ -69,7 +69,7 @@ describe('the seed testing flow', () => {
         assert.equal(typeof event.seq, 'number');
         assert.equal(event.details.media.id, '123123123');
       } else {
-        // The seed's simplified body (the same fixture again would be deduplicated).
+        // The simplified body (the same fixture again would be deduplicated).
         assert.equal((await postWebhook(sys, seedBody({ id: 'poll_1', accountId: 'acct_poll', text: 'over polling' }))).status, 200);
         const event = await next(socket, 'webhook_event', (e) => e.id === 'comments:poll_1');
         assert.equal(event.content, 'over polling');

@@ -73,8 +73,12 @@ pub struct IngestArgs {
     #[arg(long, default_value_t = 100)]
     pub bad_every: u64,
     /// The Instagram webhook fixtures: a directory with `manifest.json` and the bodies it lists
-    /// (the directory the tests read).
-    #[arg(long, env = "INSTANTCHAT_FIXTURES")]
+    /// (the directory the tests read; the default is relative to the repository root).
+    #[arg(
+        long,
+        env = "INSTANTCHAT_FIXTURES",
+        default_value = "testdata/instagram"
+    )]
     #[serde(skip)]
     pub fixtures: PathBuf,
     /// Only the ingest phase.
@@ -206,8 +210,9 @@ fn load_templates(dir: &Path) -> anyhow::Result<Vec<Template>> {
     let manifest: Value =
         serde_json::from_slice(&std::fs::read(&manifest_path).with_context(|| {
             format!(
-                "cannot read {}: point --fixtures (or INSTANTCHAT_FIXTURES) at the Instagram \
-                 fixtures directory, the one with manifest.json",
+                "cannot read {}: run from the repository root, or point --fixtures (or \
+                 INSTANTCHAT_FIXTURES) at the Instagram fixtures directory, the one with \
+                 manifest.json (testdata/instagram in the repository)",
                 manifest_path.display()
             )
         })?)

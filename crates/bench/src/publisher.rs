@@ -1,4 +1,4 @@
-//! Sends signed webhooks as Meta would: the seed's simplified body, one event per POST, the send
+//! Sends signed webhooks as Meta would: the simplified body, one event per POST, the send
 //! time embedded in the event's text (`"<n> <unix µs>"`) so the receiving client can tell the
 //! end-to-end latency.
 //!

@@ -1,4 +1,4 @@
-//! The event bus: the one interface the services use to move events (PROTOCOL.md section 2).
+//! The event bus: the one interface the services use to move events (docs/protocol.md, "NATS").
 //!
 //! - [`EventBus`]: publish durably with a dedup id and await the broker's confirmation; subscribe to
 //!   the live events of one account or of all; replay what is stored after a sequence.

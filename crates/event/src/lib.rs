@@ -2,7 +2,7 @@
 //!
 //! - [`Event`] and [`Sender`]: the protobuf types generated from `proto/instantchat/v1/event.proto`
 //!   (the one source of truth for the schema) with `prost`, compiled without `protoc`.
-//! - [`subjects`]: the NATS subjects and stream names of PROTOCOL.md section 2.
+//! - [`subjects`]: the NATS subjects and stream names (docs/protocol.md, "NATS").
 //! - [`WebhookEvent`]: the JSON shape of the Socket.IO `webhook_event`, derived from an [`Event`]
 //!   and the stream sequence the broker gave it.
 //! - [`is_valid_event_type`] / [`is_valid_account_id`]: what may appear as a subject token.
@@ -18,7 +18,7 @@ pub mod v1 {
 
 pub use v1::{Event, Sender};
 
-/// NATS subject and stream names (PROTOCOL.md section 2).
+/// NATS subject and stream names (docs/protocol.md, "NATS").
 pub mod subjects {
     /// Stream holding every normalized event.
     pub const EVENTS_STREAM: &str = "INSTANTCHAT_EVENTS";
@@ -87,7 +87,7 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// Event type names: `[a-z_]{1,64}` (PROTOCOL.md section 4). They are NATS subject tokens too.
+/// Event type names: `[a-z_]{1,64}`, as `subscribe` takes them. They are NATS subject tokens too.
 pub fn is_valid_event_type(name: &str) -> bool {
     (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
 }
@@ -118,7 +118,7 @@ pub struct SenderJson<'a> {
     pub username: Option<&'a str>,
 }
 
-/// The Socket.IO `webhook_event` payload (PROTOCOL.md section 4).
+/// The Socket.IO `webhook_event` payload (docs/protocol.md, `webhook_event`).
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WebhookEvent<'a> {

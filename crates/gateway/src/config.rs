@@ -14,6 +14,7 @@ use clap::Parser;
 use instantchat_service::config::{
     ConfigError, Problems, Secret, duration, invalid, nats_url, number,
 };
+use instantchat_service::secrets::check_secret;
 use ipnet::IpNet;
 use jsonwebtoken::{Algorithm, DecodingKey};
 
@@ -343,14 +344,16 @@ fn jwt_key(found: &mut Problems, options: &GatewayOptions) -> Option<(DecodingKe
                 None
             }
         },
-        (Some(secret), None) if secret.len() >= 16 => Some((
-            DecodingKey::from_secret(secret.as_bytes()),
-            Algorithm::HS256,
-        )),
-        (Some(_), None) => {
-            found.push("JWT_SECRET: must be at least 16 bytes; use a long random value");
-            None
-        }
+        (Some(secret), None) => match check_secret("JWT_SECRET", secret) {
+            Ok(()) => Some((
+                DecodingKey::from_secret(secret.as_bytes()),
+                Algorithm::HS256,
+            )),
+            Err(problem) => {
+                found.push(problem);
+                None
+            }
+        },
         (None, None) => {
             found.push(
                 "JWT_SECRET: required (the HS256 secret that signs client tokens), or set \
@@ -374,13 +377,13 @@ fn previous_key(found: &mut Problems, options: &GatewayOptions) -> Option<Option
             found.push("JWT_SECRET_PREVIOUS: only with JWT_SECRET (HS256), not JWT_PUBLIC_KEY");
             None
         }
-        (Some(previous), None) if previous.len() >= 16 => {
-            Some(Some(DecodingKey::from_secret(previous.as_bytes())))
-        }
-        (Some(_), None) => {
-            found.push("JWT_SECRET_PREVIOUS: must be at least 16 bytes, like JWT_SECRET");
-            None
-        }
+        (Some(previous), None) => match check_secret("JWT_SECRET_PREVIOUS", previous) {
+            Ok(()) => Some(Some(DecodingKey::from_secret(previous.as_bytes()))),
+            Err(problem) => {
+                found.push(problem);
+                None
+            }
+        },
     }
 }
 
@@ -446,8 +449,8 @@ impl GatewayOptions {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .map(Secret::new);
-        if admin_token.as_ref().is_some_and(|t| t.expose().len() < 16) {
-            found.push("ADMIN_TOKEN: must be at least 16 characters; use a long random value");
+        if let Some(token) = &admin_token {
+            found.check(check_secret("ADMIN_TOKEN", token.expose()));
         }
         found.finish(|| {
             let (jwt_key, jwt_algorithm) = key?;

@@ -1,7 +1,7 @@
 //! End to end, in one process: a real nats-server, the ingest service and TWO gateway instances
 //! on port 0, with Socket.IO clients ([`SioClient`]) on both gateways.
 //!
-//! Signed webhooks (the seed's simplified body and Meta fixtures) go to ingest over HTTP; every
+//! Signed webhooks (the simplified body and Meta fixtures) go to ingest over HTTP; every
 //! client must get exactly the events its token's accounts and its subscribed types allow, each
 //! once, in increasing `seq` order, whichever gateway it is on. The oracle is ingest's receipt
 //! (`{id, type, account, seq, duplicate}` per event), so the expectations follow from what was
@@ -31,7 +31,7 @@ async fn get_ok(http: &reqwest::Client, url: &str) -> String {
 fn fixture(prefix: &str) -> (Vec<u8>, String) {
     let dir = PathBuf::from(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/fixtures/instagram"
+        "/../../testdata/instagram"
     ));
     let manifest: Value = serde_json::from_slice(
         &std::fs::read(dir.join("manifest.json")).expect("the fixture manifest"),
@@ -440,7 +440,7 @@ async fn two_gateways_deliver_exactly_what_each_client_may_see() {
 }
 
 /// A client may send its first request the moment it is connected: socket.io-client flushes what
-/// was emitted before `connect` at once, and the seed's frontend emits `authenticate` in its
+/// was emitted before `connect` at once, and the InstantChat frontend emits `authenticate` in its
 /// `connect` listener. Every such request must be answered.
 /// (socketioxide answers the connect after the middleware but runs the connect handler later, so
 /// the gateway registers its handlers in the middleware.)

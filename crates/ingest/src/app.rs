@@ -1,5 +1,5 @@
-//! The HTTP edge: routes, handlers and the one [`AppError`] they answer with (PROTOCOL.md
-//! section 1).
+//! The HTTP edge: routes, handlers and the one [`AppError`] they answer with (docs/protocol.md,
+//! "Webhooks (ingest)").
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -322,9 +322,9 @@ async fn receive_webhook(
     result.map(Json)
 }
 
-/// Steps 1 to 4 of PROTOCOL.md section 1, in that order, except that a request whose
-/// signature header is missing or malformed is refused before its body is read: nothing it
-/// sends can be verified, so it is not worth the memory.
+/// The POST of docs/protocol.md's "Webhooks (ingest)": signature, body, events, publish, in
+/// that order, except that a request whose signature header is missing or malformed is refused
+/// before its body is read: nothing it sends can be verified, so it is not worth the memory.
 async fn ingest(state: &IngestState, headers: &HeaderMap, body: Body) -> Result<Receipt, AppError> {
     let settings = &state.inner.settings;
     // The raw body goes to the broker as one message: a body the broker cannot take is

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use instantchat_broker::Retention;
+use instantchat_service::secrets::check_secret;
 pub use instantchat_telemetry::LogFormat;
 
 /// The raw settings as clap reads them (flag, else env var, else default). Values stay strings
@@ -31,12 +32,13 @@ pub struct Args {
 
     /// App secret(s) Meta signs webhooks with (X-Hub-Signature-256), comma-separated: the
     /// Instagram app secret for Instagram-Login apps, the Meta app secret for Facebook-Login apps.
-    /// Required.
+    /// Required; example values and weak ones (under 16 characters, ...) are refused.
     #[arg(long, env = "INSTAGRAM_APP_SECRET", hide_env_values = true)]
     pub instagram_app_secret: Option<String>,
 
     /// Token Meta echoes when verifying the webhook subscription (GET). Unset or empty: every
-    /// verification request is refused with 403.
+    /// verification request is refused with 403. Example values and weak ones are refused:
+    /// `instantchat secret` prints a good one.
     #[arg(long, env = "INSTAGRAM_WEBHOOK_VERIFY_TOKEN", hide_env_values = true)]
     pub instagram_webhook_verify_token: Option<String>,
 
@@ -318,15 +320,20 @@ fn nats_url(value: &str) -> Result<String, String> {
 /// `INSTAGRAM_WEBHOOK_VERIFY_TOKEN`, `WEBHOOK_MAX_BODY_BYTES`), with every problem found: the
 /// same checks for `instantchat-ingest` and for the single-process binary. An empty verify token
 /// counts as none, so the subscription check is refused rather than matched by an empty
-/// `hub.verify_token`.
+/// `hub.verify_token`. Every app secret and the verify token go through
+/// [`check_secret`]: a value published in this repository or too weak to be real is refused.
 pub fn webhook_settings(
     app_secret: Option<&str>,
     verify_token: Option<&str>,
     max_body_bytes: &str,
 ) -> Result<IngestSettings, Vec<String>> {
     let mut problems = Vec::new();
+    let app_secrets = app_secrets(app_secret).map_err(|p| problems.extend(p)).ok();
+    let verify_token = verify_token.filter(|t| !t.is_empty());
+    if let Some(token) = verify_token {
+        problems.extend(check_secret("INSTAGRAM_WEBHOOK_VERIFY_TOKEN", token).err());
+    }
     let mut found = Problems(&mut problems);
-    let app_secrets = found.check(app_secrets(app_secret));
     let max_body_bytes = found.check(
         max_body_bytes
             .trim()
@@ -342,23 +349,24 @@ pub fn webhook_settings(
             }),
     );
     match (app_secrets, max_body_bytes) {
-        (Some(app_secrets), Some(max_body_bytes)) => Ok(IngestSettings {
+        (Some(app_secrets), Some(max_body_bytes)) if problems.is_empty() => Ok(IngestSettings {
             app_secrets,
-            verify_token: verify_token.filter(|t| !t.is_empty()).map(Secret::new),
+            verify_token: verify_token.map(Secret::new),
             max_body_bytes,
         }),
         _ => Err(problems),
     }
 }
 
-fn app_secrets(value: Option<&str>) -> Result<Vec<Secret>, String> {
+/// The app secrets, or one problem per unusable item (an empty item is one problem for all).
+fn app_secrets(value: Option<&str>) -> Result<Vec<Secret>, Vec<String>> {
     let Some(value) = value else {
-        return Err(
+        return Err(vec![
             "INSTAGRAM_APP_SECRET is not set: set it to your app secret from the Meta \
                     App Dashboard (comma-separated when apps with Instagram and Facebook login \
                     both deliver here); without it no webhook can be verified"
                 .into(),
-        );
+        ]);
     };
     let items: Vec<&str> = value.split(',').map(str::trim).collect();
     let empty: Vec<String> = items
@@ -368,13 +376,27 @@ fn app_secrets(value: Option<&str>) -> Result<Vec<Secret>, String> {
         .map(|(i, _)| (i + 1).to_string())
         .collect();
     if !empty.is_empty() {
-        return Err(format!(
+        return Err(vec![format!(
             "INSTAGRAM_APP_SECRET has {} empty item(s) (position {} of {}): list non-empty \
              secrets separated by commas, with no stray comma",
             empty.len(),
             empty.join(", "),
             items.len()
-        ));
+        )]);
+    }
+    let weak: Vec<String> = items
+        .iter()
+        .enumerate()
+        .filter_map(|(i, item)| {
+            let setting = match items.len() {
+                1 => "INSTAGRAM_APP_SECRET".to_owned(),
+                n => format!("INSTAGRAM_APP_SECRET (item {} of {n})", i + 1),
+            };
+            check_secret(&setting, item).err()
+        })
+        .collect();
+    if !weak.is_empty() {
+        return Err(weak);
     }
     Ok(items.into_iter().map(Secret::new).collect())
 }
@@ -409,6 +431,11 @@ fn duration(var: &str, value: &str) -> Result<Duration, String> {
 mod tests {
     use super::*;
 
+    /// App secrets as Meta makes them (32 hex digits), and a generated verify token.
+    const APP_SECRET: &str = "4f1c9a2be07d3856a1c4e9f02b7d6a35";
+    const OTHER_APP_SECRET: &str = "9e07d3856a1c4e9f02b7d6a354f1c9a2";
+    const VERIFY_TOKEN: &str = "5d0c2e8b9f1b5d0c7e3a9f1b";
+
     fn args(pairs: &[(&str, &str)]) -> Args {
         let mut argv = vec!["instantchat-ingest".to_owned()];
         for (flag, value) in pairs {
@@ -439,16 +466,17 @@ mod tests {
 
     #[test]
     fn defaults_with_a_secret() {
-        let config = Config::from_args(args(&[("instagram-app-secret", "a, b")])).unwrap();
+        let both = format!("{APP_SECRET}, {OTHER_APP_SECRET}");
+        let config = Config::from_args(args(&[("instagram-app-secret", &both)])).unwrap();
         assert_eq!(config.port, 8080);
         assert_eq!(
             config.ingest.app_secrets,
-            vec![Secret::new("a"), Secret::new("b")]
+            vec![Secret::new(APP_SECRET), Secret::new(OTHER_APP_SECRET)]
         );
         assert_eq!(config.ingest.max_body_bytes, 4 * 1024 * 1024);
         assert_eq!(config.retention, Retention::default());
         assert!(
-            !format!("{config:?}").contains("\"a\""),
+            !format!("{config:?}").contains(APP_SECRET),
             "secrets never print"
         );
     }
@@ -480,7 +508,7 @@ mod tests {
     fn a_dedup_window_longer_than_the_retention_is_refused() {
         let with = |retention, window| {
             Config::from_args(args(&[
-                ("instagram-app-secret", "s"),
+                ("instagram-app-secret", APP_SECRET),
                 ("event-retention", retention),
                 ("dedup-window", window),
             ]))
@@ -497,7 +525,7 @@ mod tests {
     fn stream_replicas_are_one_to_five() {
         let with = |n| {
             Config::from_args(args(&[
-                ("instagram-app-secret", "s"),
+                ("instagram-app-secret", APP_SECRET),
                 ("stream-replicas", n),
             ]))
         };
@@ -512,15 +540,105 @@ mod tests {
 
     #[test]
     fn an_empty_verify_token_is_no_token() {
-        let with = |token| webhook_settings(Some("s"), token, "1024").expect("valid");
+        let with = |token| webhook_settings(Some(APP_SECRET), token, "1024").expect("valid");
         assert_eq!(with(Some("")).verify_token, None);
         assert_eq!(with(None).verify_token, None);
-        assert_eq!(with(Some("t")).verify_token, Some(Secret::new("t")));
+        assert_eq!(
+            with(Some(VERIFY_TOKEN)).verify_token,
+            Some(Secret::new(VERIFY_TOKEN))
+        );
         let config = Config::from_args(args(&[
-            ("instagram-app-secret", "s"),
+            ("instagram-app-secret", APP_SECRET),
             ("instagram-webhook-verify-token", ""),
         ]))
         .expect("valid");
         assert_eq!(config.ingest.verify_token, None);
+    }
+
+    /// The problems an operator sees for `INSTAGRAM_APP_SECRET` and `INSTAGRAM_WEBHOOK_VERIFY_TOKEN`.
+    fn secret_problems(app_secret: &str, verify_token: Option<&str>) -> Vec<String> {
+        webhook_settings(Some(app_secret), verify_token, "1024").expect_err("refused")
+    }
+
+    #[test]
+    fn the_published_example_secrets_are_refused() {
+        // .env.example and the Kubernetes examples shipped `change-me` for both.
+        assert_eq!(
+            secret_problems("change-me", Some("change-me")),
+            [
+                "INSTAGRAM_APP_SECRET is an example value published with InstantChat (in \
+                 .env.example, the deploy examples or the docs), so anyone who read them knows \
+                 it: set it to the app secret from the Meta App Dashboard (App settings > Basic > \
+                 App secret; 32 hex digits), which signs the webhooks",
+                "INSTAGRAM_WEBHOOK_VERIFY_TOKEN is an example value published with InstantChat \
+                 (in .env.example, the deploy examples or the docs), so anyone who read them \
+                 knows it: set it to a long random value: `instantchat secret` prints one (as \
+                 does `openssl rand -hex 32`)",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_placeholder_is_refused() {
+        let problems = secret_problems(APP_SECRET, Some("replace-me-with-a-verify-token"));
+        assert_eq!(problems.len(), 1);
+        assert!(
+            problems[0].starts_with(
+                "INSTAGRAM_WEBHOOK_VERIFY_TOKEN still holds a placeholder (it contains \
+                 \"replace-me\"), not a real secret: set it to a long random value: \
+                 `instantchat secret` prints one"
+            ),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn a_short_secret_is_refused_naming_its_item() {
+        let problems = secret_problems(&format!("{APP_SECRET},test_app_secret"), None);
+        assert_eq!(
+            problems,
+            [
+                "INSTAGRAM_APP_SECRET (item 2 of 2) is too short (15 characters; a secret needs 16 \
+              or more): set it to the app secret from the Meta App Dashboard (App settings > \
+              Basic > App secret; 32 hex digits), which signs the webhooks"
+            ]
+        );
+    }
+
+    #[test]
+    fn repeated_and_low_variety_secrets_are_refused() {
+        let problems = secret_problems("abcdabcdabcdabcdabcdabcd", Some("0000000000000000001"));
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems[0].starts_with(
+                "INSTAGRAM_APP_SECRET is one 4-character piece repeated, which is easy to guess: \
+                 set it to the app secret from the Meta App Dashboard"
+            ),
+            "{problems:?}"
+        );
+        assert!(
+            problems[1].starts_with(
+                "INSTAGRAM_WEBHOOK_VERIFY_TOKEN has too few distinct characters (2 in 19; a \
+                 secret this long needs 4 or more), which is easy to guess: set it to a long \
+                 random value"
+            ),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn weak_secrets_are_reported_with_every_other_problem() {
+        let err = Config::from_args(args(&[
+            ("port", "abc"),
+            ("instagram-app-secret", "change-me"),
+            ("instagram-webhook-verify-token", "verify-me"),
+        ]))
+        .unwrap_err();
+        assert_eq!(err.problems.len(), 3, "{err}");
+        assert!(err.problems[0].starts_with("PORT="), "{err}");
+        assert!(
+            !err.to_string().contains("verify-me"),
+            "values never print: {err}"
+        );
     }
 }

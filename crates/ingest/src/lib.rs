@@ -1,6 +1,6 @@
 //! The webhook ingest service: Meta POSTs Instagram webhooks here; each one is verified,
-//! normalized and published durably to the event bus before it is answered (PROTOCOL.md
-//! sections 1 to 3).
+//! normalized and published durably to the event bus before it is answered (docs/protocol.md,
+//! "Webhooks" and "Normalization").
 //!
 //! - [`config`]: [`Config`] from env vars and flags, every problem reported at once;
 //!   [`IngestSettings`] is the part the handlers need.

@@ -95,7 +95,7 @@ impl<'a> Obj<'a> {
 
 impl<'de> Deserialize<'de> for Obj<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        // With no inline keys the seed always yields an object.
+        // With no inline keys `ObjSeed` always yields an object.
         ObjSeed { inline_keys: &[] }
             .deserialize(deserializer)?
             .ok_or_else(|| D::Error::custom("an inline value is not an object"))

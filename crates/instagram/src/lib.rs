@@ -5,8 +5,9 @@
 //!   [`Signature`] (the header alone, then the body); [`sign`] makes one, for tools and tests
 //!   that play Meta.
 //! - [`normalize`](mod@normalize): [`normalize()`] turns a verified body (Meta's `object:
-//!   "instagram"` envelope or the seed's simplified body) into [`instantchat_event::Event`]s by the
-//!   rules of PROTOCOL.md section 3, reporting items it had to skip and bodies it cannot read.
+//!   "instagram"` envelope or the simplified body) into [`instantchat_event::Event`]s by the
+//!   rules of docs/protocol.md ("Normalization"), reporting items it had to skip and bodies it
+//!   cannot read.
 //!
 //! The ingest service calls them in that order: verify the raw bytes, then normalize the same
 //! bytes. Parsing borrows from the body ([`serde_json::value::RawValue`]), so details keep Meta's

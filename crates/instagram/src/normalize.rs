@@ -1,4 +1,4 @@
-//! Webhook bodies to [`Event`]s, by the rules of PROTOCOL.md section 3.
+//! Webhook bodies to [`Event`]s, by the rules of docs/protocol.md ("Normalization").
 //!
 //! The body is read in two passes over borrowed slices of itself: one walks the envelope down to
 //! the items (kept as [`RawValue`], hashed for derived ids), one reads each item with its payload.
@@ -19,7 +19,7 @@ use crate::timestamp;
 
 /// `Event.source` of events from Meta's envelopes.
 pub const SOURCE_INSTAGRAM: &str = "instagram";
-/// `Event.source` of events from the seed's simplified body.
+/// `Event.source` of events from the simplified body.
 pub const SOURCE_SIMPLE: &str = "simple";
 
 /// What a body normalized to.
@@ -57,7 +57,7 @@ pub enum Rejected {
     /// Not UTF-8 JSON text.
     #[error("the body is not JSON (not UTF-8, or not valid JSON text)")]
     NotJson,
-    /// JSON, but neither Meta's Instagram envelope nor the seed's simplified body.
+    /// JSON, but neither Meta's Instagram envelope nor the simplified body.
     #[error("the body is JSON but not a shape we know: {0}")]
     UnknownShape(String),
     /// An object somewhere in the body has the same key twice. Such JSON has no single meaning
@@ -371,8 +371,8 @@ fn messaging<'a>(item: &Obj<'a>) -> Result<Draft<'a>, String> {
     Ok(draft)
 }
 
-/// The seed's simplified body: `{id, eventType, sender, message:{text}|comment:{text}|content,
-/// timestamp, accountId}`.
+/// The simplified body, for senders other than Meta: `{id, eventType, sender,
+/// message:{text}|comment:{text}|content, timestamp, accountId}`.
 fn simple(text: &str, top: &Obj<'_>, received_at_ms: i64) -> Result<Event, Rejected> {
     const WHAT: &str = "a body without `object` is the simplified form and needs";
     let type_raw = top

@@ -1,5 +1,5 @@
-//! Meta's times (Unix seconds or milliseconds, as numbers or numeric strings) and the seed's ISO
-//! strings, brought to the one form events carry: ISO 8601 UTC with milliseconds,
+//! Meta's times (Unix seconds or milliseconds, as numbers or numeric strings) and the simplified
+//! body's ISO strings, brought to the one form events carry: ISO 8601 UTC with milliseconds,
 //! `2025-02-21T16:52:54.000Z`.
 
 use serde_json::value::RawValue;

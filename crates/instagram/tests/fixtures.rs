@@ -1,4 +1,4 @@
-//! Every fixture in `shared/fixtures/instagram/` (real Meta deliveries, dashboard tests and doc
+//! Every fixture in `testdata/instagram/` (real Meta deliveries, dashboard tests and doc
 //! shapes, byte for byte): its manifest signature verifies, and it normalizes to exactly the
 //! expected events.
 
@@ -13,7 +13,7 @@ const RECEIVED: i64 = 1_700_000_000_000;
 fn dir() -> PathBuf {
     PathBuf::from(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/fixtures/instagram"
+        "/../../testdata/instagram"
     ))
 }
 
@@ -253,7 +253,12 @@ mod ordered {
 #[test]
 fn every_fixture_verifies_and_normalizes_as_expected() {
     let fixtures = manifest();
-    let on_disk = std::fs::read_dir(dir()).unwrap().count() - 1; // less manifest.json
+    // Every body, that is every JSON file but the manifest (the README is not one).
+    let on_disk = std::fs::read_dir(dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n != "manifest.json" && n.to_string_lossy().ends_with(".json"))
+        .count();
     assert_eq!(
         fixtures.len(),
         on_disk,

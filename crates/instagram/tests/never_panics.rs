@@ -256,13 +256,12 @@ fn details_are_a_json_object(details: &str) -> bool {
 }
 
 fn fixtures() -> Vec<Vec<u8>> {
-    let dir = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/fixtures/instagram"
-    );
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/instagram");
+    // The JSON files only (the bodies and their manifest), not the folder's README.
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
         .collect();
     files.sort();
     files

@@ -1,4 +1,5 @@
-//! The normalization rules of PROTOCOL.md section 3, one test per table row and per rule.
+//! The normalization rules of docs/protocol.md ("Normalization"), one test per table row and
+//! per rule.
 
 use instantchat_event::Event;
 use instantchat_instagram::{Normalized, Rejected, normalize};
@@ -693,7 +694,7 @@ fn batches_keep_body_order_across_entries_and_lists() {
     assert!(empty.events.is_empty() && empty.skipped.is_empty());
 }
 
-// --- the seed's simplified body --------------------------------------------------------------
+// --- the simplified body ---------------------------------------------------------------------
 
 #[test]
 fn simplified_body_with_message_text() {

@@ -13,7 +13,7 @@ fn sign_matches_a_known_vector() {
     // The manifest's value for f05, computed by another implementation.
     let body = std::fs::read(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/fixtures/instagram/f05_mentions_comment_docs.json"
+        "/../../testdata/instagram/f05_mentions_comment_docs.json"
     ))
     .unwrap();
     assert_eq!(

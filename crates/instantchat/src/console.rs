@@ -1,8 +1,9 @@
 //! The live event console: a small page at `/` that connects to this server's gateway with
 //! socket.io-client, authenticates with a pasted token, subscribes and lists the events as they
 //! arrive, resuming with `since` after a reconnect. Its files live in `web/` at the repository
-//! root; `build.rs` installs socket.io-client's browser bundle from npm and the binary embeds all
-//! of them, so nothing is read from disk at run time.
+//! root, with socket.io-client's browser bundle committed in `web/vendor/socket.io-client/`;
+//! `build.rs` checks the bundle's SHA-256 and the binary embeds all of them, so nothing is read
+//! from disk at run time.
 //!
 //! Routes: `/` (the page), `/console/app.js`, `/console/style.css`, `/console/socket.io.min.js`,
 //! and in `dev` mode `/console/config.json`, which hands the dev token to the page opened from the

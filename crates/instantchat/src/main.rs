@@ -26,6 +26,20 @@ enum Command {
     Dev(single::SingleArgs),
     /// Run ingest and gateway in one process for a small install: secrets are required.
     Serve(single::SingleArgs),
+    /// Print a new random secret (for JWT_SECRET, ADMIN_TOKEN, INSTAGRAM_WEBHOOK_VERIFY_TOKEN).
+    ///
+    /// Random bytes from the operating system as hex (as `openssl rand -hex 32` prints them), on
+    /// one line and nothing else.
+    ///
+    /// Use it for JWT_SECRET (give the same value to whatever mints client tokens), ADMIN_TOKEN,
+    /// and INSTAGRAM_WEBHOOK_VERIFY_TOKEN (enter the same value in the Meta App Dashboard when you
+    /// subscribe the webhook). INSTAGRAM_APP_SECRET is not yours to choose: it is the app secret
+    /// the Meta App Dashboard shows.
+    ///
+    /// The services refuse the example values published with InstantChat and values too weak to
+    /// be real (under 16 characters, few distinct characters, a piece repeated, a placeholder);
+    /// what this prints always passes.
+    Secret(tools::SecretArgs),
     /// Mint a client JWT for the gateway.
     Token(tools::TokenArgs),
     /// Send a signed webhook to ingest, as Meta would.
@@ -71,6 +85,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Dev(args) => single_process(args, true, &cli.log_format).await,
             Command::Serve(args) => single_process(args, false, &cli.log_format).await,
+            Command::Secret(args) => tools::secret(args),
             Command::Token(args) => tools::token(args),
             Command::Send(args) => tools::send(args).await,
             Command::Tail(args) => tools::tail(args).await,

@@ -12,9 +12,9 @@ use instantchat_gateway::{Gateway, GatewayOptions};
 use instantchat_ingest::config::webhook_settings;
 use instantchat_ingest::{IngestState, webhook_router};
 use instantchat_service::config::ConfigError;
+use instantchat_service::secrets;
 
 use crate::console::{self, DevLogin};
-use crate::random_hex;
 
 /// Settings of `instantchat dev` and `instantchat serve`.
 #[derive(Debug, clap::Args)]
@@ -53,15 +53,16 @@ pub async fn run(mut args: SingleArgs, dev: bool, log_problems: Vec<String>) -> 
         // An empty variable is unset here, as everywhere else.
         let unset = |v: &Option<String>| v.as_deref().is_none_or(|v| v.trim().is_empty());
         if unset(&args.gateway.jwt_secret) && args.gateway.jwt_public_key.is_none() {
-            args.gateway.jwt_secret = Some(random_hex(24)?);
+            args.gateway.jwt_secret = Some(secrets::generate(24)?);
             generated.push("JWT_SECRET");
         }
         if unset(&args.app_secret) {
-            args.app_secret = Some(random_hex(16)?);
+            // 32 hex digits, as Meta's app secrets.
+            args.app_secret = Some(secrets::generate(16)?);
             generated.push("INSTAGRAM_APP_SECRET");
         }
         if unset(&args.verify_token) {
-            args.verify_token = Some(random_hex(8)?);
+            args.verify_token = Some(secrets::generate(16)?);
             generated.push("INSTAGRAM_WEBHOOK_VERIFY_TOKEN");
         }
         if args.gateway.client_url == "http://localhost:3000" {
@@ -167,7 +168,7 @@ fn dev_login(args: &SingleArgs) -> anyhow::Result<Option<DevLogin>> {
     Ok(Some(DevLogin {
         token,
         user_id: "dev_user".to_owned(),
-        key: random_hex(16)?,
+        key: secrets::random_hex(16)?,
     }))
 }
 

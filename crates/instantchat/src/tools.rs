@@ -1,10 +1,28 @@
-//! `instantchat token`, `send`, `tail` and `admin`.
+//! `instantchat secret`, `token`, `send`, `tail` and `admin`.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use instantchat_service::secrets;
 use serde_json::json;
+
+/// Print a new random secret for JWT_SECRET, ADMIN_TOKEN or INSTAGRAM_WEBHOOK_VERIFY_TOKEN (its
+/// `--help` text is the doc comment of `Command::Secret` in main.rs).
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Example:  echo \"JWT_SECRET=$(instantchat secret)\" >> .env")]
+pub struct SecretArgs {
+    /// Random bytes in the secret (it has twice as many hex digits); 8 or more.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(8..=1024))]
+    pub bytes: u16,
+}
+
+pub fn secret(args: SecretArgs) -> anyhow::Result<()> {
+    let secret = secrets::generate(args.bytes.into())
+        .context("reading random bytes from the operating system (/dev/urandom)")?;
+    println!("{secret}");
+    Ok(())
+}
 
 /// Mint a client JWT (HS256) for the gateway.
 #[derive(Debug, clap::Args)]

@@ -9,8 +9,12 @@
 //!   shutdown starts there.
 //! - [`limits::raise_and_log`]: raises the open-files soft limit to the hard limit at start-up
 //!   (containers start at 1,024) and logs what the process got.
+//! - [`secrets::check_secret`]: refuses a secret setting whose value is published in this
+//!   repository or too weak to be real, with a message that says how to get a good one;
+//!   [`secrets::generate`] makes one.
 
 pub mod config;
 pub mod limits;
+pub mod secrets;
 pub mod serve;
 pub mod shutdown;

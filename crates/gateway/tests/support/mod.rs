@@ -153,7 +153,7 @@ pub fn sign(body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-/// A webhook in the seed's simplified shape: one event.
+/// A webhook in the simplified shape (`Event.source` `simple`): one event.
 pub fn seed_body(id: &str, event_type: &str, account: &str) -> Vec<u8> {
     let key = if event_type == "messages" {
         "message"

@@ -6,9 +6,14 @@ use std::time::Duration;
 
 use instantchat_testsupport::{NatsServer, free_port, run_with_env};
 
-use crate::helpers::{SECRET, TIMEOUT, eventually, fixture};
+use crate::helpers::{TIMEOUT, eventually, fixture};
 
 const BIN: &str = env!("CARGO_BIN_EXE_instantchat-ingest");
+
+/// The binary refuses the fixtures' `test_app_secret` (too short): it runs with secrets as Meta
+/// makes them (32 hex digits), and the fixtures' bytes are signed again with them.
+const APP_SECRET: &str = "4f1c9a2be07d3856a1c4e9f02b7d6a35";
+const OTHER_APP_SECRET: &str = "9e07d3856a1c4e9f02b7d6a354f1c9a2";
 
 /// Runs the binary with only `PATH` and `vars` in its environment.
 fn run(args: &[&str], vars: &[(&str, &str)]) -> Output {
@@ -58,6 +63,44 @@ fn every_invalid_setting_is_named_at_once() {
     );
 }
 
+/// What an operator who copied the example configuration sees: every example or weak secret
+/// named, with what to do, the values never printed, and exit code 2 before anything binds.
+#[test]
+fn example_and_weak_secrets_are_refused_with_what_to_do() {
+    let out = run(
+        &[],
+        &[
+            ("INSTAGRAM_APP_SECRET", &format!("{APP_SECRET},change-me")),
+            ("INSTAGRAM_WEBHOOK_VERIFY_TOKEN", "verify-me"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("invalid configuration (2 problems):"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "INSTAGRAM_APP_SECRET (item 2 of 2) is an example value published with InstantChat \
+             (in .env.example, the deploy examples or the docs), so anyone who read them knows \
+             it: set it to the app secret from the Meta App Dashboard"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "INSTAGRAM_WEBHOOK_VERIFY_TOKEN is too short (9 characters; a secret needs 16 or \
+             more): set it to a long random value: `instantchat secret` prints one"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("verify-me") && !stderr.contains(APP_SECRET),
+        "secrets are never printed: {stderr}"
+    );
+}
+
 #[test]
 fn help_documents_every_variable_without_showing_secrets() {
     let out = run(
@@ -98,7 +141,10 @@ async fn the_binary_serves_and_stops_on_sigterm() {
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("PORT", port.to_string())
         .env("NATS_URL", nats.url())
-        .env("INSTAGRAM_APP_SECRET", format!("other_secret,{SECRET}"))
+        .env(
+            "INSTAGRAM_APP_SECRET",
+            format!("{OTHER_APP_SECRET},{APP_SECRET}"),
+        )
         .env("LOG_FORMAT", "json")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -112,7 +158,8 @@ async fn the_binary_serves_and_stops_on_sigterm() {
         response.is_ok_and(|r| r.status() == 200)
     })
     .await;
-    let (body, signature) = fixture("f01_comments_dashboard_test.json");
+    let (body, _) = fixture("f01_comments_dashboard_test.json");
+    let signature = instantchat_instagram::sign(APP_SECRET.as_bytes(), &body);
     let response = http
         .post(format!("{base}/api/webhooks/instagram"))
         .header("x-hub-signature-256", signature)

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use instantchat_testsupport::NatsServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::helpers::{IngestProcess, SECRET, TIMEOUT, comment, stored_events};
+use crate::helpers::{BINARY_SECRET, IngestProcess, TIMEOUT, comment, stored_events};
 
 /// Connections trickling a body at once.
 const ATTACKERS: usize = 16;
@@ -174,7 +174,7 @@ async fn trickled_bodies_cost_bounded_memory_and_signed_webhooks_still_land() {
             .post(&url)
             .header(
                 "x-hub-signature-256",
-                instantchat_instagram::sign(SECRET.as_bytes(), &body),
+                instantchat_instagram::sign(BINARY_SECRET.as_bytes(), &body),
             )
             .body(body)
             .send()

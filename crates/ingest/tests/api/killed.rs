@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use instantchat_event::subjects;
 use instantchat_testsupport::NatsServer;
 
-use crate::helpers::{IngestProcess, SECRET, TIMEOUT, comment, eventually, stored_events};
+use crate::helpers::{BINARY_SECRET, IngestProcess, TIMEOUT, comment, eventually, stored_events};
 
 /// Webhooks in the burst, and senders POSTing them at once.
 const WEBHOOKS: usize = 600;
@@ -47,7 +47,7 @@ async fn post(http: &reqwest::Client, address: &str, body: &[u8]) -> Result<u16,
     http.post(format!("{address}/api/webhooks/instagram"))
         .header(
             "x-hub-signature-256",
-            instantchat_instagram::sign(SECRET.as_bytes(), body),
+            instantchat_instagram::sign(BINARY_SECRET.as_bytes(), body),
         )
         .body(body.to_vec())
         .send()

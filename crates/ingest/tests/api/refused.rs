@@ -113,7 +113,7 @@ async fn a_body_over_the_limit_is_413() {
     );
 }
 
-/// A seed-shaped comment whose text makes the body `len` bytes long.
+/// A comment in the simplified body whose text makes the body `len` bytes long.
 fn comment_of_size(len: usize) -> Vec<u8> {
     let head = r#"{"id":"big","eventType":"comments","accountId":"acct_big","comment":{"text":""#;
     let tail = r#""}}"#;
