@@ -2,11 +2,12 @@
 //! once at start-up into [`Config`], and every problem is reported at once, so an operator fixes
 //! a deployment in one round instead of one variable per restart.
 
-use std::fmt;
 use std::time::Duration;
 
 use clap::Parser;
 use instantchat_broker::Retention;
+pub use instantchat_service::config::{ConfigError, Secret};
+use instantchat_service::config::{Problems, duration_at_least, invalid, nats_url};
 use instantchat_service::secrets::check_secret;
 pub use instantchat_telemetry::LogFormat;
 
@@ -30,26 +31,8 @@ pub struct Args {
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
 
-    /// App secret(s) Meta signs webhooks with (X-Hub-Signature-256), comma-separated: the
-    /// Instagram app secret for Instagram-Login apps, the Meta app secret for Facebook-Login apps.
-    /// Required; example values and weak ones (under 16 characters, ...) are refused.
-    #[arg(long, env = "INSTAGRAM_APP_SECRET", hide_env_values = true)]
-    pub instagram_app_secret: Option<String>,
-
-    /// Token Meta echoes when verifying the webhook subscription (GET). Unset or empty: every
-    /// verification request is refused with 403. Example values and weak ones are refused:
-    /// `instantchat secret` prints a good one.
-    #[arg(long, env = "INSTAGRAM_WEBHOOK_VERIFY_TOKEN", hide_env_values = true)]
-    pub instagram_webhook_verify_token: Option<String>,
-
-    /// Largest webhook body accepted, in bytes; larger ones get 413.
-    #[arg(
-        long,
-        env = "WEBHOOK_MAX_BODY_BYTES",
-        default_value = "4194304",
-        allow_hyphen_values = true
-    )]
-    pub webhook_max_body_bytes: String,
+    #[command(flatten)]
+    pub webhook: WebhookOptions,
 
     /// How long events stay in the stream for replay (e.g. 30s, 15m, 24h, 7d).
     #[arg(
@@ -97,6 +80,43 @@ pub struct Args {
     pub log_format: String,
 }
 
+/// The webhook settings as clap reads them: flattened into [`Args`], and into the single-process
+/// binary's settings, so both take the same flags and variables.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WebhookOptions {
+    /// App secret(s) Meta signs webhooks with (X-Hub-Signature-256), comma-separated: the
+    /// Instagram app secret for Instagram-Login apps, the Meta app secret for Facebook-Login apps.
+    /// Required; example values and weak ones (under 16 characters, ...) are refused.
+    #[arg(long, env = "INSTAGRAM_APP_SECRET", hide_env_values = true)]
+    pub instagram_app_secret: Option<String>,
+
+    /// Token Meta echoes when verifying the webhook subscription (GET). Unset or empty: every
+    /// verification request is refused with 403. Example values and weak ones are refused:
+    /// `instantchat secret` prints a good one.
+    #[arg(long, env = "INSTAGRAM_WEBHOOK_VERIFY_TOKEN", hide_env_values = true)]
+    pub instagram_webhook_verify_token: Option<String>,
+
+    /// Largest webhook body accepted, in bytes; larger ones get 413.
+    #[arg(
+        long,
+        env = "WEBHOOK_MAX_BODY_BYTES",
+        default_value = "4194304",
+        allow_hyphen_values = true
+    )]
+    pub webhook_max_body_bytes: String,
+}
+
+impl WebhookOptions {
+    /// The checked settings, or every problem found (see [`webhook_settings`]).
+    pub fn settings(&self) -> Result<IngestSettings, Vec<String>> {
+        webhook_settings(
+            self.instagram_app_secret.as_deref(),
+            self.instagram_webhook_verify_token.as_deref(),
+            &self.webhook_max_body_bytes,
+        )
+    }
+}
+
 /// The ingest service's settings, parsed and checked.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -126,62 +146,10 @@ pub struct IngestSettings {
     pub max_body_bytes: usize,
 }
 
-/// A secret value whose `Debug` never shows it, so configs and errors can be logged safely.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    /// The value, for the one place that must use it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(****)")
-    }
-}
-
-/// Lets [`instantchat_instagram::verify_signature`] take the secrets without copying them out.
-impl AsRef<[u8]> for Secret {
-    fn as_ref(&self) -> &[u8] {
-        self.0.as_bytes()
-    }
-}
-
-/// Every problem found in the settings.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct ConfigError {
-    /// One line per problem, each naming its variable and what to do.
-    pub problems: Vec<String>,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = self.problems.len();
-        write!(
-            f,
-            "invalid configuration ({n} problem{}):",
-            if n == 1 { "" } else { "s" }
-        )?;
-        for problem in &self.problems {
-            write!(f, "\n  - {problem}")?;
-        }
-        Ok(())
-    }
-}
-
 impl Config {
     /// Checks every setting and collects every problem.
     pub fn from_args(args: Args) -> Result<Config, ConfigError> {
-        let mut problems = Vec::new();
-        let mut found = Problems(&mut problems);
-
+        let mut found = Problems::default();
         let port = found.check(args.port.trim().parse::<u16>().map_err(|_| {
             invalid(
                 "PORT",
@@ -190,130 +158,75 @@ impl Config {
             )
         }));
         let nats_url = found.check(nats_url(&args.nats_url));
-        let ingest = webhook_settings(
-            args.instagram_app_secret.as_deref(),
-            args.instagram_webhook_verify_token.as_deref(),
-            &args.webhook_max_body_bytes,
-        )
-        .map_err(|p| found.0.extend(p))
-        .ok();
-        let max_age = found.check(duration("EVENT_RETENTION", &args.event_retention));
-        let max_events = found.check(args.event_max_count.trim().parse::<u64>().map_err(|_| {
-            invalid(
-                "EVENT_MAX_COUNT",
-                &args.event_max_count,
-                "a whole number of events, 0 for no limit, e.g. 1000000",
-            )
-        }));
-        let dedup_window = match (
-            max_age,
-            found.check(duration("DEDUP_WINDOW", &args.dedup_window)),
-        ) {
-            // nats-server refuses a stream whose dedup window outlasts its events.
-            (Some(max_age), Some(window)) if window > max_age => {
-                found.0.push(format!(
-                    "DEDUP_WINDOW={:?} is longer than EVENT_RETENTION={:?}, which NATS refuses: \
-                     set DEDUP_WINDOW to EVENT_RETENTION or less",
-                    args.dedup_window.trim(),
-                    args.event_retention.trim()
-                ));
-                None
-            }
-            (_, window) => window,
-        };
-        let replicas = found.check(
-            args.stream_replicas
-                .trim()
-                .parse::<usize>()
-                .ok()
-                .filter(|n| (1..=5).contains(n))
-                .ok_or_else(|| {
-                    invalid(
-                        "STREAM_REPLICAS",
-                        &args.stream_replicas,
-                        "a whole number from 1 to 5: 1 on a single NATS server, 3 in a \
-                         three-server cluster",
-                    )
-                }),
-        );
+        let ingest = args.webhook.settings().map_err(|p| found.0.extend(p)).ok();
+        let retention = retention(&mut found, &args);
         let log_problems =
             instantchat_telemetry::check_log_settings(&args.log_format, Some(&args.rust_log));
-        let (log_filter, log_format) = if log_problems.is_empty() {
-            (
-                Some(args.rust_log.clone()),
-                Some(LogFormat::parse(&args.log_format)),
-            )
+        let log_format = if log_problems.is_empty() {
+            Some(LogFormat::parse(&args.log_format))
         } else {
             found.0.extend(log_problems);
-            (None, None)
+            None
         };
+        found.finish(|| {
+            Some(Config {
+                port: port?,
+                nats_url: nats_url?,
+                ingest: ingest?,
+                retention: retention?,
+                log_filter: args.rust_log,
+                log_format: log_format?,
+            })
+        })
+    }
+}
 
-        match (
-            port,
-            nats_url,
-            ingest,
-            max_age,
-            max_events,
-            dedup_window,
-            replicas,
-            log_filter,
-            log_format,
-        ) {
-            (
-                Some(port),
-                Some(nats_url),
-                Some(ingest),
-                Some(max_age),
-                Some(max_events),
-                Some(dedup_window),
-                Some(replicas),
-                Some(log_filter),
-                Some(log_format),
-            ) => Ok(Config {
-                port,
-                nats_url,
-                ingest,
-                retention: Retention {
-                    max_age,
-                    max_events,
-                    dedup_window,
-                    replicas,
-                },
-                log_filter,
-                log_format,
-            }),
-            _ => Err(ConfigError { problems }),
+/// `EVENT_RETENTION`, `EVENT_MAX_COUNT`, `DEDUP_WINDOW` and `STREAM_REPLICAS`.
+fn retention(found: &mut Problems, args: &Args) -> Option<Retention> {
+    let at_least_a_second = |var, value| duration_at_least(var, value, Duration::from_secs(1));
+    let max_age = found.check(at_least_a_second("EVENT_RETENTION", &args.event_retention));
+    let max_events = found.check(args.event_max_count.trim().parse::<u64>().map_err(|_| {
+        invalid(
+            "EVENT_MAX_COUNT",
+            &args.event_max_count,
+            "a whole number of events, 0 for no limit, e.g. 1000000",
+        )
+    }));
+    let window = found.check(at_least_a_second("DEDUP_WINDOW", &args.dedup_window));
+    let dedup_window = match (max_age, window) {
+        // nats-server refuses a stream whose dedup window outlasts its events.
+        (Some(max_age), Some(window)) if window > max_age => {
+            found.push(format!(
+                "DEDUP_WINDOW={:?} is longer than EVENT_RETENTION={:?}, which NATS refuses: set \
+                 DEDUP_WINDOW to EVENT_RETENTION or less",
+                args.dedup_window.trim(),
+                args.event_retention.trim()
+            ));
+            None
         }
-    }
-}
-
-/// Collects problems so that every setting is checked before any is refused.
-struct Problems<'a>(&'a mut Vec<String>);
-
-impl Problems<'_> {
-    fn check<T>(&mut self, result: Result<T, String>) -> Option<T> {
-        result.map_err(|p| self.0.push(p)).ok()
-    }
-}
-
-fn invalid(var: &str, value: &str, expected: &str) -> String {
-    format!("{var}={value:?} is not valid: set it to {expected}")
-}
-
-fn nats_url(value: &str) -> Result<String, String> {
-    let value = value.trim();
-    let ok = ["nats://", "tls://", "ws://", "wss://"]
-        .iter()
-        .any(|scheme| value.len() > scheme.len() && value.starts_with(scheme));
-    if ok {
-        Ok(value.to_owned())
-    } else {
-        Err(invalid(
-            "NATS_URL",
-            value,
-            "a NATS server URL such as nats://127.0.0.1:4222",
-        ))
-    }
+        (_, window) => window,
+    };
+    let replicas = found.check(
+        args.stream_replicas
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=5).contains(n))
+            .ok_or_else(|| {
+                invalid(
+                    "STREAM_REPLICAS",
+                    &args.stream_replicas,
+                    "a whole number from 1 to 5: 1 on a single NATS server, 3 in a three-server \
+                     cluster",
+                )
+            }),
+    );
+    Some(Retention {
+        max_age: max_age?,
+        max_events: max_events?,
+        dedup_window: dedup_window?,
+        replicas: replicas?,
+    })
 }
 
 /// The webhook settings from their raw values (`INSTAGRAM_APP_SECRET`,
@@ -327,13 +240,12 @@ pub fn webhook_settings(
     verify_token: Option<&str>,
     max_body_bytes: &str,
 ) -> Result<IngestSettings, Vec<String>> {
-    let mut problems = Vec::new();
-    let app_secrets = app_secrets(app_secret).map_err(|p| problems.extend(p)).ok();
+    let mut found = Problems::default();
+    let app_secrets = app_secrets(app_secret).map_err(|p| found.0.extend(p)).ok();
     let verify_token = verify_token.filter(|t| !t.is_empty());
     if let Some(token) = verify_token {
-        problems.extend(check_secret("INSTAGRAM_WEBHOOK_VERIFY_TOKEN", token).err());
+        found.check(check_secret("INSTAGRAM_WEBHOOK_VERIFY_TOKEN", token));
     }
-    let mut found = Problems(&mut problems);
     let max_body_bytes = found.check(
         max_body_bytes
             .trim()
@@ -349,12 +261,12 @@ pub fn webhook_settings(
             }),
     );
     match (app_secrets, max_body_bytes) {
-        (Some(app_secrets), Some(max_body_bytes)) if problems.is_empty() => Ok(IngestSettings {
+        (Some(app_secrets), Some(max_body_bytes)) if found.is_empty() => Ok(IngestSettings {
             app_secrets,
             verify_token: verify_token.map(Secret::new),
             max_body_bytes,
         }),
-        _ => Err(problems),
+        _ => Err(found.0),
     }
 }
 
@@ -401,32 +313,6 @@ fn app_secrets(value: Option<&str>) -> Result<Vec<Secret>, Vec<String>> {
     Ok(items.into_iter().map(Secret::new).collect())
 }
 
-/// Parses `30s`, `15m`, `24h`, `7d` (a positive whole number and one unit).
-pub fn parse_duration(value: &str) -> Option<Duration> {
-    let value = value.trim();
-    let split = value.find(|c: char| !c.is_ascii_digit())?;
-    let (number, unit) = value.split_at(split);
-    let number: u64 = number.parse().ok().filter(|n| *n > 0)?;
-    let seconds = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return None,
-    };
-    number.checked_mul(seconds).map(Duration::from_secs)
-}
-
-fn duration(var: &str, value: &str) -> Result<Duration, String> {
-    parse_duration(value).ok_or_else(|| {
-        invalid(
-            var,
-            value,
-            "a positive duration with a unit s, m, h or d, e.g. 30s, 15m, 24h, 7d",
-        )
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -446,21 +332,25 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
-        assert_eq!(parse_duration("15m"), Some(Duration::from_secs(900)));
-        assert_eq!(parse_duration("24h"), Some(Duration::from_secs(86_400)));
-        assert_eq!(parse_duration("7d"), Some(Duration::from_secs(604_800)));
-        for bad in [
-            "",
-            "h",
-            "0s",
-            "5",
-            "5x",
-            "-5s",
-            "1.5h",
-            "99999999999999999999d",
-        ] {
-            assert_eq!(parse_duration(bad), None, "{bad}");
+        let retention = |value: &str| {
+            Config::from_args(args(&[
+                ("instagram-app-secret", APP_SECRET),
+                ("event-retention", value),
+                ("dedup-window", "1s"),
+            ]))
+            .map(|c| c.retention.max_age)
+        };
+        assert_eq!(retention("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(retention("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(retention("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(retention("7d"), Ok(Duration::from_secs(604_800)));
+        assert_eq!(retention("1h 30m"), Ok(Duration::from_secs(5_400)));
+        for bad in ["", "h", "0s", "5", "5x", "-5s", "99999999999999999999d"] {
+            let err = retention(bad).unwrap_err();
+            assert!(
+                err.problems[0].starts_with("EVENT_RETENTION="),
+                "{bad}: {err}"
+            );
         }
     }
 

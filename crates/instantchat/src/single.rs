@@ -9,7 +9,7 @@ use instantchat_broker::{EventBus, MemoryBus, NatsBus, Retention};
 use instantchat_gateway::auth::mint_token_for;
 use instantchat_gateway::config::audiences;
 use instantchat_gateway::{Gateway, GatewayOptions};
-use instantchat_ingest::config::webhook_settings;
+use instantchat_ingest::config::WebhookOptions;
 use instantchat_ingest::{IngestState, webhook_router};
 use instantchat_service::config::ConfigError;
 use instantchat_service::secrets;
@@ -28,15 +28,8 @@ pub struct SingleArgs {
     /// Use NATS JetStream at this URL instead of the in-process bus.
     #[arg(long, env = "NATS_URL")]
     pub nats_url: Option<String>,
-    /// Comma-separated app secrets that sign Meta's webhooks (dev: generated when unset).
-    #[arg(long, env = "INSTAGRAM_APP_SECRET", hide_env_values = true)]
-    pub app_secret: Option<String>,
-    /// Token Meta's subscription check must present (dev: generated when unset).
-    #[arg(long, env = "INSTAGRAM_WEBHOOK_VERIFY_TOKEN", hide_env_values = true)]
-    pub verify_token: Option<String>,
-    /// Largest webhook body accepted, in bytes.
-    #[arg(long, env = "WEBHOOK_MAX_BODY_BYTES", default_value = "4194304")]
-    pub max_body_bytes: String,
+    #[command(flatten)]
+    pub webhook: WebhookOptions,
     /// Events kept for resume, by the in-process bus or, with NATS_URL, by the stream (0: no
     /// count limit; events older than 24 h go either way).
     #[arg(long, env = "EVENT_MAX_COUNT", default_value_t = 100_000)]
@@ -56,13 +49,13 @@ pub async fn run(mut args: SingleArgs, dev: bool, log_problems: Vec<String>) -> 
             args.gateway.jwt_secret = Some(secrets::generate(24)?);
             generated.push("JWT_SECRET");
         }
-        if unset(&args.app_secret) {
+        if unset(&args.webhook.instagram_app_secret) {
             // 32 hex digits, as Meta's app secrets.
-            args.app_secret = Some(secrets::generate(16)?);
+            args.webhook.instagram_app_secret = Some(secrets::generate(16)?);
             generated.push("INSTAGRAM_APP_SECRET");
         }
-        if unset(&args.verify_token) {
-            args.verify_token = Some(secrets::generate(16)?);
+        if unset(&args.webhook.instagram_webhook_verify_token) {
+            args.webhook.instagram_webhook_verify_token = Some(secrets::generate(16)?);
             generated.push("INSTAGRAM_WEBHOOK_VERIFY_TOKEN");
         }
         if args.gateway.client_url == "http://localhost:3000" {
@@ -71,13 +64,7 @@ pub async fn run(mut args: SingleArgs, dev: bool, log_problems: Vec<String>) -> 
         }
     }
     let mut problems = log_problems;
-    let ingest_settings = webhook_settings(
-        args.app_secret.as_deref(),
-        args.verify_token.as_deref(),
-        &args.max_body_bytes,
-    )
-    .map_err(|p| problems.extend(p))
-    .ok();
+    let ingest_settings = args.webhook.settings().map_err(|p| problems.extend(p)).ok();
     let gateway_settings = match args.gateway.settings() {
         Ok(s) => Some(s),
         Err(e) => {
@@ -179,7 +166,11 @@ fn print_banner(
     login: Option<&DevLogin>,
 ) -> anyhow::Result<()> {
     let jwt_secret = args.gateway.jwt_secret.clone().unwrap_or_default();
-    let app_secret = args.app_secret.clone().unwrap_or_default();
+    let app_secret = args
+        .webhook
+        .instagram_app_secret
+        .clone()
+        .unwrap_or_default();
     let base = format!("http://127.0.0.1:{port}");
     let bus = if args.nats_url.is_some() {
         "NATS JetStream"
@@ -211,7 +202,10 @@ fn print_banner(
     println!("  export INSTAGRAM_APP_SECRET={app_secret}");
     println!(
         "  export INSTAGRAM_WEBHOOK_VERIFY_TOKEN={}",
-        args.verify_token.clone().unwrap_or_default()
+        args.webhook
+            .instagram_webhook_verify_token
+            .clone()
+            .unwrap_or_default()
     );
     println!("  export INSTANTCHAT_URL={base}");
     println!();
