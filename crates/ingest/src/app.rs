@@ -2,7 +2,7 @@
 //! "Webhooks (ingest)").
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
@@ -14,7 +14,7 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use futures::StreamExt;
 use instantchat_broker::{BusError, EventBus, Outgoing, TraceContext};
-use instantchat_event::subjects;
+use instantchat_event::{Event, subjects};
 use instantchat_instagram::{Signature, SignatureError, normalize};
 use instantchat_telemetry::SPAN_TARGET;
 use instantchat_telemetry::metrics::ProcessMemory;
@@ -326,6 +326,42 @@ async fn receive_webhook(
 /// that order, except that a request whose signature header is missing or malformed is refused
 /// before its body is read: nothing it sends can be verified, so it is not worth the memory.
 async fn ingest(state: &IngestState, headers: &HeaderMap, body: Body) -> Result<Receipt, AppError> {
+    let body = receive(state, headers, body).await?;
+    let trace = outgoing_trace(headers);
+    let (events, skipped, rejected) = normalized(&body);
+    let (batch, first_event, summaries) = batch(&body, events, rejected.is_some(), trace);
+    let publish = tracing::info_span!(
+        target: SPAN_TARGET,
+        "publish",
+        otel.kind = "producer",
+        messages = batch.len(),
+    );
+    let acks = state.inner.bus.publish(batch).instrument(publish).await?;
+    state.inner.metrics.skipped(skipped);
+    let events = summaries
+        .into_iter()
+        .zip(acks.get(first_event..).unwrap_or_default())
+        .map(|((id, event_type, account), ack)| {
+            state.inner.metrics.event(&event_type, ack.duplicate);
+            tracing::debug!(%id, seq = ack.seq, duplicate = ack.duplicate, "event published");
+            Published {
+                id,
+                event_type,
+                account,
+                seq: ack.seq,
+                duplicate: ack.duplicate,
+            }
+        })
+        .collect();
+    Ok(Receipt {
+        status: "ok",
+        events,
+        rejected,
+    })
+}
+
+/// The verified body: refused when too large (announced or read), unsigned, late or forged.
+async fn receive(state: &IngestState, headers: &HeaderMap, body: Body) -> Result<Bytes, AppError> {
     let settings = &state.inner.settings;
     // The raw body goes to the broker as one message: a body the broker cannot take is
     // refused now, with what to change, rather than answered 503 on every retry.
@@ -358,15 +394,19 @@ async fn ingest(state: &IngestState, headers: &HeaderMap, body: Body) -> Result<
         .await
         .map_err(|_| AppError::BodyTimeout(BODY_TIMEOUT))??;
     signature.verify(&settings.app_secrets, &body)?;
+    Ok(body)
+}
 
-    let trace = outgoing_trace(headers);
-    let digest = hex::encode(Sha256::digest(&body));
+/// The body's events, how many items were skipped, and why the body (or some of it) goes to the
+/// rejected subject.
+fn normalized(body: &[u8]) -> (Vec<Event>, usize, Option<String>) {
     let normalized = {
         let _normalize =
             tracing::info_span!(target: SPAN_TARGET, "normalize", bytes = body.len()).entered();
-        normalize(&body, now_ms())
+        let received_at_ms = i64::try_from(instantchat_event::now_ms()).unwrap_or(i64::MAX);
+        normalize(body, received_at_ms)
     };
-    let (events, skipped, rejected) = match normalized {
+    match normalized {
         Ok(normalized) => {
             let rejected = (!normalized.skipped.is_empty()).then(|| {
                 normalized
@@ -379,10 +419,23 @@ async fn ingest(state: &IngestState, headers: &HeaderMap, body: Body) -> Result<
             (normalized.events, normalized.skipped.len(), rejected)
         }
         Err(reason) => (Vec::new(), 0, Some(reason.to_string())),
-    };
+    }
+}
+
+/// One id, type and account per event, for the receipt.
+type Summary = (String, String, String);
+
+/// What one webhook publishes, and where in it the events start.
+fn batch(
+    body: &Bytes,
+    events: Vec<Event>,
+    rejected: bool,
+    trace: TraceContext,
+) -> (Vec<Outgoing>, usize, Vec<Summary>) {
+    let digest = hex::encode(Sha256::digest(body));
     // The raw body goes on the raw subject when something was read from it, and on the rejected
     // subject when some or all of it could not be used; one batch, one wait for every PubAck.
-    let usable = !events.is_empty() || rejected.is_none();
+    let usable = !events.is_empty() || !rejected;
     let mut batch = Vec::with_capacity(events.len() + 2);
     if usable {
         batch.push(Outgoing::raw(
@@ -392,7 +445,7 @@ async fn ingest(state: &IngestState, headers: &HeaderMap, body: Body) -> Result<
             trace.clone(),
         ));
     }
-    if rejected.is_some() {
+    if rejected {
         batch.push(Outgoing::raw(
             subjects::WEBHOOK_REJECTED,
             format!("rejected:{digest}"),
@@ -401,7 +454,7 @@ async fn ingest(state: &IngestState, headers: &HeaderMap, body: Body) -> Result<
         ));
     }
     let first_event = batch.len();
-    let summaries: Vec<(String, String, String)> = events
+    let summaries: Vec<Summary> = events
         .iter()
         .map(|e| (e.id.clone(), e.event_type.clone(), e.account_id.clone()))
         .collect();
@@ -410,35 +463,7 @@ async fn ingest(state: &IngestState, headers: &HeaderMap, body: Body) -> Result<
             .into_iter()
             .map(|e| Outgoing::event(e, trace.clone())),
     );
-
-    let publish = tracing::info_span!(
-        target: SPAN_TARGET,
-        "publish",
-        otel.kind = "producer",
-        messages = batch.len(),
-    );
-    let acks = state.inner.bus.publish(batch).instrument(publish).await?;
-    state.inner.metrics.skipped(skipped);
-    let events = summaries
-        .into_iter()
-        .zip(acks.get(first_event..).unwrap_or_default())
-        .map(|((id, event_type, account), ack)| {
-            state.inner.metrics.event(&event_type, ack.duplicate);
-            tracing::debug!(%id, seq = ack.seq, duplicate = ack.duplicate, "event published");
-            Published {
-                id,
-                event_type,
-                account,
-                seq: ack.seq,
-                duplicate: ack.duplicate,
-            }
-        })
-        .collect();
-    Ok(Receipt {
-        status: "ok",
-        events,
-        rejected,
-    })
+    (batch, first_event, summaries)
 }
 
 /// Reads the whole body into one buffer, refusing it as soon as it exceeds `limit`.
@@ -519,12 +544,6 @@ fn trace_context(headers: &HeaderMap) -> TraceContext {
         traceparent: get("traceparent"),
         tracestate: get("tracestate"),
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 async fn healthz() -> &'static str {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use instantchat_service::secrets;
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// Print a new random secret for JWT_SECRET, ADMIN_TOKEN or INSTAGRAM_WEBHOOK_VERIFY_TOKEN (its
 /// `--help` text is the doc comment of `Command::Secret` in main.rs).
@@ -46,8 +46,7 @@ pub struct TokenArgs {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    instantchat_ingest::config::parse_duration(s)
-        .ok_or_else(|| format!("`{s}` is not a duration like 30s, 15m, 1h or 7d"))
+    instantchat_service::config::duration_at_least("--ttl", s, Duration::from_secs(1))
 }
 
 pub fn token(args: TokenArgs) -> anyhow::Result<()> {
@@ -214,145 +213,186 @@ fn refusal_is_temporary(reason: &str) -> bool {
 /// Subscribes and prints events; on a lost connection, reconnects and resumes after the last seq.
 pub async fn tail(args: TailArgs) -> anyhow::Result<()> {
     plain_http(&args.url)?;
-    use instantchat_sioclient::{SioClient, SioError};
     let mut since = args.since;
     let mut printed = 0u64;
-    let mut attempt = 0u32;
-    let heartbeat = Duration::from_secs_f64(args.heartbeat_secs);
+    let mut first = true;
     loop {
-        let auth = json!({ "token": args.token });
-        let mut client = match SioClient::connect(&args.url, Some(&auth)).await {
-            Ok(c) => c,
-            Err(SioError::Refused(reason)) if refusal_is_temporary(&reason) => {
-                eprintln!("instantchat: {reason}; retrying in 1 s");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-            Err(SioError::Refused(reason)) => bail!("the gateway refused the token: {reason}"),
-            Err(e) if attempt == 0 => bail!(
-                "cannot connect to {}: {e}; is the server running?",
-                args.url
-            ),
-            Err(e) => {
-                eprintln!("instantchat: reconnecting after: {e}");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                attempt += 1;
-                continue;
-            }
+        let Some(mut client) = connect_once(&args, first).await? else {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
         };
-        let mut request = json!({ "eventTypes": list(&args.types), "timestamp": 0 });
-        if let Some(accounts) = &args.accounts {
-            request["accountIds"] = json!(list(accounts));
-        }
-        if let Some(since) = since {
-            request["since"] = json!(since);
-        }
-        let reply = client
-            .emit_with_ack("subscribe", &request, Duration::from_secs(10))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(
-                |reply| match reply.get("message").and_then(|m| m.as_str()) {
-                    Some(message) => Err(format!("subscribe refused: {message}")),
-                    None => Ok(reply),
-                },
-            );
-        let reply = match reply {
-            Ok(reply) => reply,
-            // The first time, a refusal is the user's to fix (a bad type or account).
-            Err(problem) if attempt == 0 => bail!("{problem}"),
-            // After a lost connection it is passing (the broker unreachable a moment): retry.
-            Err(problem) => {
-                eprintln!("instantchat: {problem}; retrying in 1 s");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
+        let Some(reply) = subscribe_once(&mut client, &args, since, first).await? else {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
         };
-        if attempt == 0 {
+        if first {
             eprintln!(
                 "instantchat: subscribed to {}; waiting for events (Ctrl-C to stop)",
                 reply["eventTypes"]
             );
         }
-        attempt += 1;
-        let mut next_beat = tokio::time::Instant::now() + heartbeat;
-        loop {
-            // Time for a heartbeat, events or not: it keeps the socket alive and proves the
-            // connection.
-            let now = tokio::time::Instant::now();
-            let next = if now >= next_beat {
-                next_beat = now + heartbeat;
-                let beat = json!({ "timestamp": 0, "clientId": "instantchat-tail" });
-                match client
-                    .emit_with_ack("heartbeat", &beat, Duration::from_secs(10))
-                    .await
-                {
-                    Ok(_) => continue,
-                    Err(e) => Err(e),
-                }
-            } else {
-                match client.next_event(next_beat - now).await {
-                    Err(SioError::Timeout(..)) => continue,
-                    other => other,
-                }
-            };
-            let (name, data) = match next {
-                Ok(event) => event,
-                Err(e) => {
-                    match since {
-                        Some(seq) => eprintln!(
-                            "instantchat: connection lost ({e}); resuming after seq {seq}"
-                        ),
-                        None => eprintln!(
-                            "instantchat: connection lost ({e}); reconnecting (no event seen \
-                             yet to resume after: events sent meanwhile are not shown)"
-                        ),
-                    }
-                    break;
-                }
-            };
-            match name.as_str() {
-                "webhook_event" => {
-                    since = data["seq"].as_u64().or(since);
-                    if args.json {
-                        println!("{data}");
-                    } else {
-                        let who = data["sender"]["username"]
-                            .as_str()
-                            .or(data["sender"]["id"].as_str())
-                            .unwrap_or("-");
-                        println!(
-                            "#{} {} {} account={} from={} {}",
-                            data["seq"],
-                            data["timestamp"].as_str().unwrap_or(""),
-                            data["eventType"].as_str().unwrap_or(""),
-                            data["accountId"].as_str().unwrap_or(""),
-                            who,
-                            data["content"].as_str().unwrap_or("")
-                        );
-                    }
-                    printed += 1;
-                    if args.count.is_some_and(|c| printed >= c) {
-                        client.disconnect().await;
-                        return Ok(());
-                    }
-                }
-                "replay_complete" => eprintln!(
-                    "instantchat: replayed {} event(s) after seq {}{}",
-                    data["count"],
-                    data["since"],
-                    if data["complete"] == true {
-                        ""
-                    } else {
-                        " (older events are gone: reload)"
-                    }
-                ),
-                "auth_expired" => bail!("the token expired; mint a new one"),
-                "error" => eprintln!("instantchat: server error: {}", data["message"]),
-                _ => {}
-            }
+        first = false;
+        if follow(&mut client, &args, &mut since, &mut printed).await? {
+            client.disconnect().await;
+            return Ok(());
         }
     }
+}
+
+/// One connection attempt: `Ok(None)` when it is worth retrying (the gateway is draining or
+/// busy, or a connection that worked before was lost), an error when the user must act.
+async fn connect_once(
+    args: &TailArgs,
+    first: bool,
+) -> anyhow::Result<Option<instantchat_sioclient::SioClient>> {
+    use instantchat_sioclient::{SioClient, SioError};
+    let auth = json!({ "token": args.token });
+    match SioClient::connect(&args.url, Some(&auth)).await {
+        Ok(client) => Ok(Some(client)),
+        Err(SioError::Refused(reason)) if refusal_is_temporary(&reason) => {
+            eprintln!("instantchat: {reason}; retrying in 1 s");
+            Ok(None)
+        }
+        Err(SioError::Refused(reason)) => bail!("the gateway refused the token: {reason}"),
+        Err(e) if first => bail!(
+            "cannot connect to {}: {e}; is the server running?",
+            args.url
+        ),
+        Err(e) => {
+            eprintln!("instantchat: reconnecting after: {e}");
+            Ok(None)
+        }
+    }
+}
+
+/// `subscribe` (after `since`, when an event was seen): its reply, `Ok(None)` to retry.
+async fn subscribe_once(
+    client: &mut instantchat_sioclient::SioClient,
+    args: &TailArgs,
+    since: Option<u64>,
+    first: bool,
+) -> anyhow::Result<Option<Value>> {
+    let mut request = json!({ "eventTypes": list(&args.types), "timestamp": 0 });
+    if let Some(accounts) = &args.accounts {
+        request["accountIds"] = json!(list(accounts));
+    }
+    if let Some(since) = since {
+        request["since"] = json!(since);
+    }
+    let reply = client
+        .emit_with_ack("subscribe", &request, Duration::from_secs(10))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(
+            |reply| match reply.get("message").and_then(|m| m.as_str()) {
+                Some(message) => Err(format!("subscribe refused: {message}")),
+                None => Ok(reply),
+            },
+        );
+    match reply {
+        Ok(reply) => Ok(Some(reply)),
+        // The first time, a refusal is the user's to fix (a bad type or account).
+        Err(problem) if first => bail!("{problem}"),
+        // After a lost connection it is passing (the broker unreachable a moment): retry.
+        Err(problem) => {
+            eprintln!("instantchat: {problem}; retrying in 1 s");
+            Ok(None)
+        }
+    }
+}
+
+/// Prints what arrives on one connection, with a heartbeat every `--heartbeat-secs`, until the
+/// connection is lost (`Ok(false)`: reconnect) or `--count` events were printed (`Ok(true)`).
+async fn follow(
+    client: &mut instantchat_sioclient::SioClient,
+    args: &TailArgs,
+    since: &mut Option<u64>,
+    printed: &mut u64,
+) -> anyhow::Result<bool> {
+    use instantchat_sioclient::SioError;
+    let heartbeat = Duration::from_secs_f64(args.heartbeat_secs);
+    let mut next_beat = tokio::time::Instant::now() + heartbeat;
+    loop {
+        // Time for a heartbeat, events or not: it keeps the socket alive and proves the
+        // connection.
+        let now = tokio::time::Instant::now();
+        let next = if now >= next_beat {
+            next_beat = now + heartbeat;
+            let beat = json!({ "timestamp": 0, "clientId": "instantchat-tail" });
+            match client
+                .emit_with_ack("heartbeat", &beat, Duration::from_secs(10))
+                .await
+            {
+                Ok(_) => continue,
+                Err(e) => Err(e),
+            }
+        } else {
+            match client.next_event(next_beat - now).await {
+                Err(SioError::Timeout(..)) => continue,
+                other => other,
+            }
+        };
+        let (name, data) = match next {
+            Ok(event) => event,
+            Err(e) => {
+                match since {
+                    Some(seq) => {
+                        eprintln!("instantchat: connection lost ({e}); resuming after seq {seq}")
+                    }
+                    None => eprintln!(
+                        "instantchat: connection lost ({e}); reconnecting (no event seen yet to \
+                         resume after: events sent meanwhile are not shown)"
+                    ),
+                }
+                return Ok(false);
+            }
+        };
+        match name.as_str() {
+            "webhook_event" => {
+                *since = data["seq"].as_u64().or(*since);
+                print_event(&data, args.json);
+                *printed += 1;
+                if args.count.is_some_and(|c| *printed >= c) {
+                    return Ok(true);
+                }
+            }
+            "replay_complete" => eprintln!(
+                "instantchat: replayed {} event(s) after seq {}{}",
+                data["count"],
+                data["since"],
+                match data["reason"].as_str() {
+                    _ if data["complete"] == true => String::new(),
+                    Some("too_many") => " (more were missed than a resume replays: reload)".into(),
+                    Some(reason) => format!(" (incomplete, {reason}: reload)"),
+                    None => " (older events are gone: reload)".into(),
+                }
+            ),
+            "auth_expired" => bail!("the token expired; mint a new one"),
+            "error" => eprintln!("instantchat: server error: {}", data["message"]),
+            _ => {}
+        }
+    }
+}
+
+/// One `webhook_event`: its JSON, or a line for people.
+fn print_event(data: &Value, json: bool) {
+    if json {
+        println!("{data}");
+        return;
+    }
+    let who = data["sender"]["username"]
+        .as_str()
+        .or(data["sender"]["id"].as_str())
+        .unwrap_or("-");
+    println!(
+        "#{} {} {} account={} from={} {}",
+        data["seq"],
+        data["timestamp"].as_str().unwrap_or(""),
+        data["eventType"].as_str().unwrap_or(""),
+        data["accountId"].as_str().unwrap_or(""),
+        who,
+        data["content"].as_str().unwrap_or("")
+    );
 }
 
 /// Show a gateway's connected users, sockets and subscriptions (its `/admin/connections`).
