@@ -12,9 +12,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 /// The gateway's HS256 secret for bench tokens.
-pub const JWT_SECRET: &str = "instantchat-bench-jwt-secret-0123456789";
+pub const JWT_SECRET: &str = "b7e2c9f4a1d8e3b6c0f5a2d9e4b1c7f3a8d6e0b2";
 /// The app secret bench webhooks are signed with.
-pub const APP_SECRET: &str = "instantchat_bench_app_secret";
+pub const APP_SECRET: &str = "6b1d9e0f3a7c2e5b8d4f1a0c9e7b3d52";
+/// The verify token ingest is started with (nothing here asks for it; ingest needs a valid one).
+pub const VERIFY_TOKEN: &str = "c3e9a1f7b5d2c8e4a0f6b1d3";
 /// How long a started process may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -152,7 +154,7 @@ impl System {
                 .env("PORT", ingest_port.to_string())
                 .env("NATS_URL", &sys.nats_url)
                 .env("INSTAGRAM_APP_SECRET", APP_SECRET)
-                .env("INSTAGRAM_WEBHOOK_VERIFY_TOKEN", "bench-verify");
+                .env("INSTAGRAM_WEBHOOK_VERIFY_TOKEN", VERIFY_TOKEN);
             sys.ingest = Some(sys.spawn("ingest", ingest, &sys.cfg.ingest_env)?);
             match sys
                 .wait_ready("ingest", &format!("{}/readyz", sys.ingest_url))
@@ -243,7 +245,7 @@ impl System {
             let mut c = base_command(self.cfg.bin_dir.join("instantchat"));
             c.arg("serve")
                 .env("INSTAGRAM_APP_SECRET", APP_SECRET)
-                .env("INSTAGRAM_WEBHOOK_VERIFY_TOKEN", "bench-verify");
+                .env("INSTAGRAM_WEBHOOK_VERIFY_TOKEN", VERIFY_TOKEN);
             c
         } else {
             let mut c = base_command(self.cfg.bin_dir.join("instantchat-gateway"));
