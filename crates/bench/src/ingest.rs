@@ -971,7 +971,7 @@ pub async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
     if let Some(pid) = a.nats_pid {
         tracked.push(("nats-server".into(), pid));
     }
-    *monitor.tracked.lock().unwrap_or_else(|p| p.into_inner()) = tracked;
+    *monitor.tracked.lock() = tracked;
     let client = async_nats::ConnectOptions::new()
         .name("instantchat-bench")
         .connect(&nats_url)

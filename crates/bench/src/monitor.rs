@@ -2,8 +2,10 @@
 //! (clients, events sent, deliveries, CPU and memory of every process).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -117,24 +119,19 @@ impl Monitor {
     }
 
     pub fn set_phase(&self, phase: &str) {
-        *self.phase.lock().unwrap_or_else(|p| p.into_inner()) = phase.to_owned();
+        *self.phase.lock() = phase.to_owned();
     }
 
     /// A reading of every tracked process (workers and the bench itself included).
     pub fn usage(&self) -> Usage {
         let mut procs = BTreeMap::new();
-        for (role, pid) in self
-            .tracked
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
+        for (role, pid) in self.tracked.lock().iter() {
             if let Some(s) = procfs::read(*pid) {
                 procs.insert(role.clone(), (*pid, s));
             }
         }
-        if let Some(pool) = self.pool.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            let pids = pool.pids.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(pool) = self.pool.lock().as_ref() {
+            let pids = pool.pids.lock().clone();
             for (k, pid) in pids.iter().enumerate() {
                 if let Some(s) = procfs::read(*pid) {
                     procs.insert(format!("worker-{k}"), (*pid, s));
@@ -175,14 +172,12 @@ impl Monitor {
                 let counters = me
                     .pool
                     .lock()
-                    .unwrap_or_else(|p| p.into_inner())
                     .as_ref()
                     .map(|p| p.counters())
                     .unwrap_or_default();
                 let sent = me
                     .publisher
                     .lock()
-                    .unwrap_or_else(|p| p.into_inner())
                     .as_ref()
                     .map_or(0, |p| p.ok.load(Ordering::Relaxed));
                 let gateways: Vec<&ProcUsage> = per
@@ -192,7 +187,7 @@ impl Monitor {
                     .collect();
                 let sample = Sample {
                     t_s: now.duration_since(me.t0).as_secs_f64(),
-                    phase: me.phase.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+                    phase: me.phase.lock().clone(),
                     connected: counters.connected,
                     ready: counters.ready,
                     sent,
@@ -208,7 +203,7 @@ impl Monitor {
                         .collect(),
                     machine_busy_cores: machine,
                 };
-                let clients = *me.clients.lock().unwrap_or_else(|p| p.into_inner());
+                let clients = *me.clients.lock();
                 let workers: f64 = per
                     .iter()
                     .filter(|(r, _)| r.starts_with("worker"))
@@ -233,10 +228,7 @@ impl Monitor {
                     machine,
                     sample.gateway_rss_mb,
                 );
-                me.samples
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(sample);
+                me.samples.lock().push(sample);
                 prev = usage;
                 prev_t = now;
                 prev_sent = sent;

@@ -2,8 +2,10 @@
 //! them and merge their results.
 
 use std::process::Stdio;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -28,7 +30,7 @@ impl PoolState {
     /// The workers' counters added up.
     pub fn counters(&self) -> Counters {
         let mut total = Counters::default();
-        for c in self.latest.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        for c in self.latest.lock().iter() {
             total.add(c);
         }
         total
@@ -82,11 +84,7 @@ impl Pool {
                 .spawn()
                 .context("cannot start a worker process")?;
             if let Some(pid) = child.id() {
-                state
-                    .pids
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(pid);
+                state.pids.lock().push(pid);
             }
             let mut stdin = child.stdin.take().context("worker stdin")?;
             let line = serde_json::to_string(&spec)? + "\n";
@@ -100,16 +98,15 @@ impl Pool {
                     match serde_json::from_str::<WorkerMsg>(&line) {
                         Ok(WorkerMsg::Progress(c)) => {
                             let sum = {
-                                let mut latest =
-                                    state2.latest.lock().unwrap_or_else(|p| p.into_inner());
+                                let mut latest = state2.latest.lock();
                                 latest[k] = c;
                                 latest.iter().map(|c| c.delivered).sum::<u64>()
                             };
                             state2.delivered.store(sum, Ordering::Relaxed);
                         }
                         Ok(WorkerMsg::Result(r)) => {
-                            state2.latest.lock().unwrap_or_else(|p| p.into_inner())[k] = r.counters;
-                            state2.results.lock().unwrap_or_else(|p| p.into_inner())[k] = Some(*r);
+                            state2.latest.lock()[k] = r.counters;
+                            state2.results.lock()[k] = Some(*r);
                         }
                         Err(e) => eprintln!("worker {k}: unreadable line ({e}): {line}"),
                     }
@@ -157,12 +154,7 @@ impl Pool {
         }
         // The readers may still be passing on the last line.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let results = self
-            .state
-            .results
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let results = self.state.results.lock().clone();
         let mut m = Merged {
             counters: Counters::default(),
             completeness: Completeness::default(),

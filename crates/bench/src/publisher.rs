@@ -7,8 +7,10 @@
 //! deliveries are outstanding, so the gateway is kept saturated without being flooded into
 //! disconnecting slow clients.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -78,23 +80,19 @@ impl Publisher {
     }
 
     pub fn failed(&self) -> u64 {
-        self.failed.lock().unwrap_or_else(|p| p.into_inner()).len() as u64
+        self.failed.lock().len() as u64
     }
 
     /// POST → 200 times.
     pub fn post_latency(&self) -> Histogram<u64> {
-        self.post.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.post.lock().clone()
     }
 
     /// What the workers check their clients against (call once every send has finished).
     pub fn finish(&self) -> Finish {
         Finish {
             published: self.sent(),
-            failed: self
-                .failed
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
+            failed: self.failed.lock().clone(),
         }
     }
 
@@ -150,17 +148,13 @@ impl Publisher {
         };
         self.post
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .saturating_record(now_us().saturating_sub(sent));
         if ok {
             self.ok.fetch_add(1, Ordering::Relaxed);
             self.ok_deliveries
                 .fetch_add(self.receivers[self.mix.group(n)], Ordering::Relaxed);
         } else {
-            self.failed
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(n);
+            self.failed.lock().push(n);
         }
         ok
     }

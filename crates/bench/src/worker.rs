@@ -16,7 +16,9 @@
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::{SinkExt, StreamExt};
@@ -416,18 +418,14 @@ pub async fn run() -> anyhow::Result<()> {
     progress.abort();
     let mut latency = hist::new_hist();
     for shard in &sh.latency {
-        let _ = latency.add(&*shard.lock().unwrap_or_else(|p| p.into_inner()));
+        let _ = latency.add(&*shard.lock());
     }
     let result = WorkerResult {
         counters: sh.c.snapshot(),
-        completeness: sh
-            .completeness
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone(),
+        completeness: sh.completeness.lock().clone(),
         latency: hist::to_buckets(&latency),
-        connect: hist::to_buckets(&sh.connect.lock().unwrap_or_else(|p| p.into_inner())),
-        recovery: hist::to_buckets(&sh.recovery.lock().unwrap_or_else(|p| p.into_inner())),
+        connect: hist::to_buckets(&sh.connect.lock()),
+        recovery: hist::to_buckets(&sh.recovery.lock()),
         first_disconnect_us: sh.c.first_disconnect_us.load(Ordering::Relaxed),
         last_resumed_us: sh.c.last_resumed_us.load(Ordering::Relaxed),
     };
@@ -510,12 +508,10 @@ async fn client(sh: Arc<Shared>, i: usize) {
                     sh.c.subscribed.fetch_add(1, Ordering::Relaxed);
                     sh.connect
                         .lock()
-                        .unwrap_or_else(|p| p.into_inner())
                         .saturating_record(ready_at.saturating_sub(started));
                 } else if let Some(since) = outage_since.take() {
                     sh.recovery
                         .lock()
-                        .unwrap_or_else(|p| p.into_inner())
                         .saturating_record(ready_at.saturating_sub(since));
                     sh.c.last_resumed_us.fetch_max(ready_at, Ordering::Relaxed);
                 }
@@ -602,10 +598,7 @@ fn check(sh: &Shared, c: &Client) {
             .samples
             .push((c.i, result.missing, result.duplicates, first_missing));
     }
-    sh.completeness
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .add(&result);
+    sh.completeness.lock().add(&result);
 }
 
 /// Decrements a gauge when dropped.
@@ -747,7 +740,6 @@ fn on_event(sh: &Shared, c: &mut Client, n: u64, sent_us: u64, seq: u64) {
     let now = now_us();
     sh.latency[c.i % SHARDS]
         .lock()
-        .unwrap_or_else(|p| p.into_inner())
         .saturating_record(now.saturating_sub(sent_us));
     sh.c.delivered.fetch_add(1, Ordering::Relaxed);
     c.last_seq = c.last_seq.max(seq);

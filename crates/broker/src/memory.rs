@@ -5,11 +5,12 @@
 //! and broadcasting happen under one lock, so every subscriber sees the same seq order.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Instant;
 
 use futures::StreamExt;
 use instantchat_event::{Event, subjects};
+use parking_lot::{Mutex, MutexGuard};
 use prost::Message;
 use tokio::sync::broadcast;
 
@@ -59,11 +60,7 @@ impl MemoryBus {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock cannot leave the ring half-written in a way that
-        // matters more than losing the bus, so recover the guard.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.lock()
     }
 
     fn prune(&self, state: &mut State, now: Instant) {

@@ -75,7 +75,7 @@ impl SharedReplay {
 }
 
 /// The outcome handed to each waiting resume.
-pub type Shared = Result<Arc<SharedReplay>, String>;
+pub type SharedRead = Result<Arc<SharedReplay>, String>;
 
 /// Why a resume did not replay everything the client missed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,7 +133,7 @@ struct Batch {
     since: u64,
     all: bool,
     accounts: BTreeSet<String>,
-    waiters: Vec<oneshot::Sender<Shared>>,
+    waiters: Vec<oneshot::Sender<SharedRead>>,
 }
 
 impl Batch {
@@ -315,7 +315,7 @@ impl Replays {
 
     /// The stored events after `since` for `interest`, from a read shared with the resumes
     /// waiting at the same time.
-    pub async fn shared(self: &Arc<Self>, since: u64, interest: &Interest) -> Shared {
+    pub async fn shared(self: &Arc<Self>, since: u64, interest: &Interest) -> SharedRead {
         let (tx, rx) = oneshot::channel();
         let lead = {
             let mut open = self.open.lock();

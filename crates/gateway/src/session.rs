@@ -166,8 +166,8 @@ impl Session {
         matches!(self.phase, Phase::Gone)
     }
 
-    /// Whether the socket was placed in the stream already: subscribed, or replaying.
-    pub fn is_placed(&self) -> bool {
+    /// Whether the socket has a position in the stream already: subscribed, or replaying.
+    pub fn is_in_stream(&self) -> bool {
         !self.event_types.is_empty() || self.is_replaying()
     }
 
@@ -295,10 +295,10 @@ impl Session {
 
 /// Shared handle to a [`Session`], kept in the socket's extensions.
 #[derive(Debug, Clone)]
-pub struct SessionRef(Arc<Shared>);
+pub struct SessionRef(Arc<SessionCell>);
 
 #[derive(Debug)]
-struct Shared {
+struct SessionCell {
     state: Mutex<Session>,
     /// Wakes the requests waiting for their [`Turn`].
     turns: Notify,
@@ -323,7 +323,7 @@ impl SessionRef {
             next_turn: 0,
             serving: 0,
         });
-        SessionRef(Arc::new(Shared {
+        SessionRef(Arc::new(SessionCell {
             state,
             turns: Notify::new(),
         }))

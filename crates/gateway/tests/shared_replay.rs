@@ -96,7 +96,7 @@ async fn resumes_waiting_for_a_slot_share_one_read() {
     );
     drop(held);
 
-    let get = |task: tokio::task::JoinHandle<instantchat_gateway::replay::Shared>| async move {
+    let get = |task: tokio::task::JoinHandle<instantchat_gateway::replay::SharedRead>| async move {
         tokio::time::timeout(WAIT, task)
             .await
             .expect("served in time")

@@ -19,7 +19,7 @@ pub struct SecretArgs {
 
 pub fn secret(args: SecretArgs) -> anyhow::Result<()> {
     let secret = secrets::generate(args.bytes.into())
-        .context("reading random bytes from the operating system (/dev/urandom)")?;
+        .context("reading random bytes from the operating system")?;
     println!("{secret}");
     Ok(())
 }

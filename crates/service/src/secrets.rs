@@ -24,8 +24,6 @@
 //! The messages never contain the value (they are logged), name the setting, say what is wrong
 //! and how to get a good value: [`generate`] makes one (what `instantchat secret` prints).
 
-use std::io::Read;
-
 /// Fewer characters than this are refused: 16 bytes, 128 bits when random. The gateway's HS256
 /// key and admin token had the same floor before this module.
 pub const MIN_LEN: usize = 16;
@@ -153,11 +151,11 @@ pub fn generate(bytes: usize) -> std::io::Result<String> {
     }
 }
 
-/// `n` random bytes from the OS as hex.
+/// `n` random bytes from the operating system's generator, as hex.
 pub fn random_hex(n: usize) -> std::io::Result<String> {
     let mut bytes = vec![0u8; n];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    getrandom::fill(&mut bytes).map_err(std::io::Error::other)?;
+    Ok(hex::encode(bytes))
 }
 
 #[cfg(test)]

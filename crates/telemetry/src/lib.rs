@@ -24,8 +24,10 @@ pub mod metrics;
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
@@ -457,7 +459,7 @@ impl SpanExporter for TestExporter {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         self.count.fetch_add(batch.len() as u64, Ordering::Relaxed);
         if let Some(kept) = &self.kept {
-            let mut kept = kept.lock().unwrap_or_else(|p| p.into_inner());
+            let mut kept = kept.lock();
             for span in batch {
                 if kept.len() >= MEMORY_EXPORTER_KEEP {
                     kept.pop_front();

@@ -102,6 +102,26 @@ pub async fn wait_for<F: FnMut() -> bool>(what: &str, timeout: Duration, mut con
     }
 }
 
+/// Polls the asynchronous `condition` every 50 ms until it holds (each poll itself bounded by
+/// `timeout`); panics with `what` after `timeout`.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if tokio::time::timeout(timeout, condition()).await == Ok(true) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Opens two connections to `addr`, one that sends half a request head and one that sends
 /// nothing, and returns how long the server took to close both. Panics if either is still open
 /// after `within`.

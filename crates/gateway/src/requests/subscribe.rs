@@ -125,11 +125,11 @@ pub(super) async fn on_subscribe(
         .place(&client, need, |state, start| {
             // A socket already subscribed (or replaying) keeps its place in the stream: moved
             // to the end now, it would skip what is still in flight or still to be replayed.
-            let placed = state.is_placed();
+            let in_stream = state.is_in_stream();
             state.subscribe(new_types, accounts);
             match &since {
                 Some(since) => state.start_replay(since.seq, start.floor),
-                None if !placed => state.start_live(start.floor),
+                None if !in_stream => state.start_live(start.floor),
                 None => {}
             }
             types = state.event_types().iter().cloned().collect();

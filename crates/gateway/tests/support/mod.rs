@@ -11,12 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use hmac::{Hmac, Mac};
 use instantchat_broker::{NatsBus, Retention};
 use instantchat_gateway::{Gateway, GatewayArgs};
 use instantchat_ingest::{Application, IngestSettings, Secret, WEBHOOK_PATH};
 use serde_json::{Value, json};
-use sha2::Sha256;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -146,11 +144,9 @@ pub fn token(user: &str, accounts: &[&str]) -> String {
         .expect("a signed token")
 }
 
-/// `sha256=<hex>` of HMAC-SHA256 over the raw bytes, as Meta signs.
+/// `sha256=<hex>` of HMAC-SHA256 over the raw bytes under [`APP_SECRET`], as Meta signs.
 pub fn sign(body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(APP_SECRET.as_bytes()).expect("any key length");
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    instantchat_instagram::sign(APP_SECRET.as_bytes(), body)
 }
 
 /// A webhook in the simplified shape (`Event.source` `simple`): one event.

@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::jetstream::{self, stream::Stream};
 use futures::StreamExt;
@@ -199,22 +199,12 @@ impl TestApp {
 }
 
 /// Polls `condition` until it holds, failing the test after [`TIMEOUT`].
-pub async fn eventually<F, Fut>(what: &str, mut condition: F)
+pub async fn eventually<F, Fut>(what: &str, condition: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        if tokio::time::timeout(TIMEOUT, condition()).await == Ok(true) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {TIMEOUT:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    instantchat_testsupport::eventually(what, TIMEOUT, condition).await;
 }
 
 /// Sends raw HTTP/1.1 bytes and returns the response's status code and body (the server closes
