@@ -264,11 +264,35 @@ test('a request flood from one socket is refused; other clients are unaffected',
   closeAll(flooder, calm);
 });
 
+/** The answer to a new engine.io session's first request from `origin`, over polling or as a WebSocket upgrade. */
+async function originAnswer(gateway, origin, transport = 'polling') {
+  if (transport === 'polling') {
+    const res = await fetch(`${gateway.url}/socket.io/?EIO=4&transport=polling`, { headers: { Origin: origin }, signal: AbortSignal.timeout(5000) });
+    return { status: res.status, allow: res.headers.get('access-control-allow-origin'), body: await res.text() };
+  }
+  return within(5000, 'WebSocket upgrade answer', new Promise((resolve) => {
+    const ws = new WebSocket(`${gateway.url.replace('http', 'ws')}/socket.io/?EIO=4&transport=websocket`, { headers: { Origin: origin } });
+    ws.on('open', () => { ws.close(); resolve({ status: 101 }); });
+    ws.on('unexpected-response', (_req, res) => {
+      let body = '';
+      res.on('data', (d) => { body += d; });
+      res.on('end', () => resolve({ status: res.statusCode, body }));
+    });
+    ws.on('error', () => {});
+  }));
+}
+
 test('a disallowed CORS origin is refused; an allowed one connects', async () => {
   for (const transport of ['polling', 'websocket']) {
     const evil = connect(gw, { transports: [transport], extraHeaders: { Origin: 'http://evil.example' } });
     await next(evil, 'connect_error');
+    assert.ok(!evil.connected);
     evil.close();
+    // What the refusal is: 403, saying which setting lets the origin in, and no CORS header.
+    const answer = await originAnswer(gw, 'http://evil.example', transport);
+    assert.equal(answer.status, 403, `${transport}: ${JSON.stringify(answer)}`);
+    assert.deepEqual(JSON.parse(answer.body), { error: 'origin not allowed; add it to CLIENT_URL' });
+    assert.ok(!answer.allow, `${transport}: no access-control-allow-origin for a refused origin`);
   }
   const res = await fetch(`${gw.url}/socket.io/?EIO=4&transport=polling`, { headers: { Origin: ORIGIN } });
   assert.equal(res.status, 200);
@@ -276,6 +300,25 @@ test('a disallowed CORS origin is refused; an allowed one connects', async () =>
   const good = connect(gw, { transports: ['polling'], extraHeaders: { Origin: ORIGIN } });
   await next(good, 'connect');
   good.close();
+});
+
+test('a comma-separated CLIENT_URL lets in each of its origins (with or without a trailing slash), and only those', async () => {
+  const several = await startSystem({ gateways: [{ CLIENT_URL: 'https://app.example.com, https://admin.example.com/' }] });
+  try {
+    const g = several.gateways[0];
+    for (const origin of ['https://app.example.com', 'https://admin.example.com']) {
+      for (const transport of ['polling', 'websocket']) {
+        const answer = await originAnswer(g, origin, transport);
+        assert.equal(answer.status, transport === 'polling' ? 200 : 101, `${origin} over ${transport}: ${JSON.stringify(answer)}`);
+        if (transport === 'polling') assert.equal(answer.allow, origin);
+      }
+    }
+    for (const origin of ['https://evil.example.com', 'https://app.example.com.evil.example', 'http://app.example.com']) {
+      assert.equal((await originAnswer(g, origin)).status, 403, origin);
+    }
+  } finally {
+    await several.stop();
+  }
 });
 
 test('resume: a client offline for a while gets the gap with since, then replay_complete', async () => {
@@ -468,10 +511,19 @@ describe('timeouts', () => {
   test('a silent authenticated socket is disconnected after HEARTBEAT_TIMEOUT_SECS; a beating one stays', async () => {
     const silent = await authed(quick.gateways[0], { userId: 'silent' });
     const beating = await authed(quick.gateways[0], { userId: 'beating' });
+    let dropped = false;
+    beating.on('disconnect', () => { dropped = true; });
     const timer = setInterval(() => beating.emit('heartbeat', { timestamp: Date.now(), clientId: 'b' }), 500);
     await next(silent, 'disconnect', () => true, 8000);
-    assert.ok(beating.connected);
+    // The silent one is gone. The beating one must outlive another whole timeout and check (2 s,
+    // checked every second at this setting): a wrong disconnect would have reached it by then,
+    // and its heartbeat is still answered after it.
+    await sleep(3500);
+    const reply = await request(beating, 'heartbeat', { timestamp: Date.now(), clientId: 'b' });
+    assert.ok(reply.serverTime, JSON.stringify(reply));
     clearInterval(timer);
+    assert.ok(beating.connected);
+    assert.ok(!dropped, 'the beating socket was never disconnected');
     closeAll(beating);
   });
 

@@ -101,6 +101,7 @@ async fn a_body_over_the_limit_is_413() {
     chunked.extend_from_slice(b"0\r\n\r\n");
     let (status, _) = raw_http(app.port, vec![(chunked, Duration::ZERO)]).await;
     assert_eq!(status, 413);
+    assert_nothing_published(&app).await;
 
     // A body within the limit still passes.
     let (small, small_signature) = fixture("f05_mentions_comment_docs.json");
