@@ -9,7 +9,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
@@ -19,6 +19,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use instantchat_broker::{BusError, EventBus, NatsBus};
 use instantchat_event::now_ms;
+use instantchat_service::ops;
 use instantchat_service::serve::{HEADER_READ_TIMEOUT, serve};
 use serde_json::json;
 use socketioxide::SocketIo;
@@ -41,9 +42,6 @@ pub const SERVICE_NAME: &str = "instantchat-gateway";
 /// connection holds this much while idle. Client messages are small (a pong is 7 bytes, a
 /// `subscribe` about 100); a larger one is read in several chunks.
 const WS_READ_CHUNK: usize = 512;
-
-/// A readiness probe must answer quickly even when the broker hangs.
-const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What a 503 for a new session tells the client (and a load balancer) to wait, in seconds.
 const RETRY_AFTER_SECS: &str = "1";
@@ -476,26 +474,11 @@ async fn readyz(State(hub): State<Arc<Hub>>) -> Response {
     if hub.is_draining() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
     }
-    match tokio::time::timeout(READY_TIMEOUT, hub.bus.check_ready()).await {
-        Ok(Ok(())) => (StatusCode::OK, "ready").into_response(),
-        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}")).into_response(),
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: the broker did not answer within {READY_TIMEOUT:?}"),
-        )
-            .into_response(),
-    }
+    ops::readiness(hub.bus.check_ready()).await
 }
 
 async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        hub.metrics.render(),
-    )
-        .into_response()
+    ops::open_metrics(hub.metrics.render())
 }
 
 #[cfg(test)]

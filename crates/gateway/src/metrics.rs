@@ -173,13 +173,10 @@ impl Default for Metrics {
 
 impl Metrics {
     /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
+    pub fn render(&self) -> Result<String, std::fmt::Error> {
         let mut out = String::new();
-        let registry = self.registry.lock();
-        if encode(&mut out, &registry).is_err() {
-            out.clear();
-        }
-        out
+        encode(&mut out, &self.registry.lock())?;
+        Ok(out)
     }
 
     /// Adds more metrics to what [`render`](Self::render) serves (e.g. ingest's, when both run

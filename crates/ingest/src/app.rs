@@ -16,6 +16,7 @@ use futures::StreamExt;
 use instantchat_broker::{BusError, EventBus, Outgoing, TraceContext};
 use instantchat_event::{Event, subjects};
 use instantchat_instagram::{Signature, SignatureError, normalize};
+use instantchat_service::ops;
 use instantchat_telemetry::SPAN_TARGET;
 use instantchat_telemetry::metrics::ProcessMemory;
 use prometheus_client::registry::Registry;
@@ -32,8 +33,6 @@ use crate::metrics::{Metrics, Outcome};
 pub const WEBHOOK_PATH: &str = "/api/webhooks/instagram";
 /// What a 503 tells Meta (and anyone else) to wait before retrying, in seconds.
 const RETRY_AFTER_SECS: u64 = 5;
-/// A readiness probe must answer quickly even when the broker hangs.
-const READY_TIMEOUT: Duration = Duration::from_secs(2);
 /// A sender that trickles its body must not hold a connection forever; Meta itself gives up
 /// after about 20 s. Past it the answer is 408.
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -551,30 +550,13 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<IngestState>) -> Response {
-    match tokio::time::timeout(READY_TIMEOUT, state.inner.bus.check_ready()).await {
-        Ok(Ok(())) => (StatusCode::OK, "ready").into_response(),
-        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}")).into_response(),
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: the broker did not answer within {READY_TIMEOUT:?}"),
-        )
-            .into_response(),
-    }
+    ops::readiness(state.inner.bus.check_ready()).await
 }
 
 async fn metrics(State(state): State<IngestState>) -> Response {
     let mut text = String::new();
-    match prometheus_client::encoding::text::encode(&mut text, &state.inner.registry) {
-        Ok(()) => (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            text,
-        )
-            .into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-    }
+    let written = prometheus_client::encoding::text::encode(&mut text, &state.inner.registry);
+    ops::open_metrics(written.map(|()| text))
 }
 
 #[cfg(test)]

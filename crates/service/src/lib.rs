@@ -7,6 +7,7 @@
 //!   connection.
 //! - [`shutdown::signal`]: resolves on the first SIGINT or SIGTERM; every server's graceful
 //!   shutdown starts there.
+//! - [`ops`]: `/readyz` from a readiness check with a deadline, `/metrics` as OpenMetrics text.
 //! - [`limits::raise_and_log`]: raises the open-files soft limit to the hard limit at start-up
 //!   (containers start at 1,024) and logs what the process got.
 //! - [`secrets::check_secret`]: refuses a secret setting whose value is published in this
@@ -15,6 +16,7 @@
 
 pub mod config;
 pub mod limits;
+pub mod ops;
 pub mod secrets;
 pub mod serve;
 pub mod shutdown;
