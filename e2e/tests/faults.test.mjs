@@ -36,22 +36,32 @@ async function follower(gateway, { userId, account, types = ['comments'] }) {
 }
 
 /** POSTs until answered 200 (503 while the broker is down, as Meta retries); returns the id. */
-async function publish(sys, id, account, { onStatus = () => {} } = {}) {
-  const body = seedBody({ id, accountId: account });
+async function publish(sys, id, account, { onStatus = () => {}, eventType = 'comments' } = {}) {
+  const body = seedBody({ id, accountId: account, eventType });
   for (let attempt = 0; attempt < 400; attempt++) {
     const res = await postWebhook(sys, body, sign(body)).catch(() => ({ status: 0 }));
     onStatus(res.status);
-    if (res.status === 200) return `comments:${id}`;
+    if (res.status === 200) return `${eventType}:${id}`;
     await sleep(50);
   }
   throw new Error(`webhook ${id} never accepted`);
 }
 
-async function allReceived(followers, expected, ms = 30000) {
+let sentinels = 0;
+
+/**
+ * Every follower holds exactly `expected`, once each, in order. A sentinel event is published to
+ * `account` last and awaited: delivery is in seq order, so once a follower has it, anything late
+ * (a duplicate, an event twice after a resume) has arrived too. A fact, where a quiet window
+ * would be a guess.
+ */
+async function allReceived(sys, account, followers, expected, { ms = 30000, eventType = 'comments' } = {}) {
   await waitUntil(ms, `every client to have ${expected.length} events`, () => followers.every((f) => f.ids.length >= expected.length), 50);
-  await sleep(300); // nothing more may arrive: a duplicate would show now
+  sentinels += 1;
+  const sentinel = await publish(sys, `sentinel_${sentinels}`, account, { eventType });
+  await waitUntil(ms, 'every client to have the sentinel', () => followers.every((f) => f.ids.includes(sentinel)), 20);
   for (const f of followers) {
-    assert.deepEqual(f.ids, expected, 'every event exactly once, in order');
+    assert.deepEqual(f.ids, [...expected, sentinel], 'every event exactly once, in order');
     assert.ok(f.seqs.every((s, i) => i === 0 || s > f.seqs[i - 1]), 'seq increases');
   }
 }
@@ -73,7 +83,7 @@ test('SIGKILL a gateway while events flow: its clients resume on the other, losi
     await Promise.all(onG1.map((f) => next(f.socket, 'disconnect', () => true, 10000)));
     await Promise.all(onG1.map((f) => f.moveTo(g2)));
     await publishing;
-    await allReceived([...onG1, ...onG2], expected);
+    await allReceived(sys, 'acct_k', [...onG1, ...onG2], expected);
     for (const f of onG1) assert.ok(f.replays.length === 1 && f.replays[0].complete === true);
     [...onG1, ...onG2].forEach((f) => f.socket.close());
   } finally {
@@ -115,8 +125,8 @@ test('SIGTERM drains: socket.io-client reconnects by itself and resumes with sin
     await sys.restartGateway(g);
     await waitUntil(20000, 'the automatic reconnection and resume', () => seen.ids.length >= 6 && seen.replays.length > 0, 50);
     expected.push(await publish(sys, 'd6', 'acct_d'));
-    await waitUntil(10000, 'a live event after the resume', () => seen.ids.length >= 7, 20);
-    await sleep(300);
+    // d6 is published last and delivery is in seq order: once it is here, a duplicate would be too.
+    await waitUntil(10000, 'a live event after the resume', () => seen.ids.includes('comments:d6'), 20);
     assert.deepEqual(seen.ids, expected, 'every event exactly once, in order, across the restart');
     assert.equal(seen.connects, 2, 'connected twice: once at start, once by itself after the drain');
     assert.deepEqual(seen.replays.map((r) => [r.count, r.complete]), [[3, true]]);
@@ -144,7 +154,7 @@ test('NATS stops mid-stream and comes back: 503s meanwhile, every accepted event
     sys.startNats();
     await publishing;
     assert.ok(statuses.includes(503), 'ingest answered 503 during the outage');
-    await allReceived(clients, expected, 40000);
+    await allReceived(sys, 'acct_n', clients, expected, { ms: 40000 });
     clients.forEach((f) => f.socket.close());
   } finally {
     await sys.stop();
@@ -233,7 +243,7 @@ test('a client that stops reading is cut off, reconnects by itself and resumes; 
       await sleep(100);
     }
     slow.socket.io.engine.transport.ws._socket.resume();
-    await allReceived([fast, slow], expected, 60000);
+    await allReceived(sys, 'acct_s', [fast, slow], expected, { ms: 60000, eventType: 'messages' });
     assert.ok(slow.disconnects.length >= 1, 'the slow client was cut off');
     assert.ok(!slow.disconnects.includes('io server disconnect'),
       `a transport close, after which socket.io-client reconnects by itself: ${slow.disconnects}`);
@@ -273,7 +283,7 @@ describe('reconnect storm', () => {
       await publishing;
       for (let a = 0; a < 10; a++) {
         const mine = clients.filter((_, i) => i % 100 % 10 === a);
-        await allReceived(mine, expected[`acct_storm_${a}`], 60000);
+        await allReceived(sys, `acct_storm_${a}`, mine, expected[`acct_storm_${a}`], { ms: 60000 });
       }
       const seconds = (Date.now() - started) / 1000;
       console.log(`# storm: 2000 clients back and caught up in ${seconds.toFixed(1)} s`);

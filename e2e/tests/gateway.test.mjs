@@ -217,25 +217,36 @@ test('accounts: a client never receives another account, and cannot ask for one'
   const eb = await next(b, 'webhook_event');
   assert.equal(ea.id, 'comments:for_a');
   assert.equal(eb.id, 'comments:for_b');
-  await sleep(300);
-  assert.deepEqual(a.events.filter((e) => e.event === 'webhook_event').map((e) => e.data.id), ['comments:for_a']);
-  assert.deepEqual(b.events.filter((e) => e.event === 'webhook_event').map((e) => e.data.id), ['comments:for_b']);
+  // Sentinels, one per account, published last: in seq order, so a stray event would be here.
+  for (const [socket, account] of [[a, 'acct_a'], [b, 'acct_b']]) {
+    assert.equal((await postWebhook(sys, seedBody({ id: `end_${account}`, accountId: account }))).status, 200);
+    await next(socket, 'webhook_event', (e) => e.id === `comments:end_${account}`);
+  }
+  assert.deepEqual(a.events.filter((e) => e.event === 'webhook_event').map((e) => e.data.id), ['comments:for_a', 'comments:end_acct_a']);
+  assert.deepEqual(b.events.filter((e) => e.event === 'webhook_event').map((e) => e.data.id), ['comments:for_b', 'comments:end_acct_b']);
   closeAll(a, b);
 });
 
 test('type filter and several connections of one user each get the event once', async () => {
   const one = await authed(gw, { userId: 'multi', accounts: ['acct_m'] });
   const two = await authed(gw, { userId: 'multi', accounts: ['acct_m'] });
+  const three = await authed(gw, { userId: 'multi', accounts: ['acct_m'] });
   await request(one, 'subscribe', { eventTypes: ['comments'], userId: 'multi', timestamp: 1 });
-  await request(two, 'subscribe', { eventTypes: ['messages'], userId: 'multi', timestamp: 1 });
+  await request(two, 'subscribe', { eventTypes: ['comments', 'messages'], userId: 'multi', timestamp: 1 });
+  await request(three, 'subscribe', { eventTypes: ['messages'], userId: 'multi', timestamp: 1 });
   await postWebhook(sys, seedBody({ id: 'c1', accountId: 'acct_m' }));
   await postWebhook(sys, seedBody({ id: 'm1', eventType: 'messages', accountId: 'acct_m' }));
-  assert.equal((await next(one, 'webhook_event')).id, 'comments:c1');
-  assert.equal((await next(two, 'webhook_event')).id, 'messages:m1');
-  await sleep(300);
-  assert.equal(one.events.filter((e) => e.event === 'webhook_event').length, 1);
-  assert.equal(two.events.filter((e) => e.event === 'webhook_event').length, 1);
-  closeAll(one, two);
+  // Sentinels of both types, published last (delivery is in seq order).
+  await postWebhook(sys, seedBody({ id: 'c_end', accountId: 'acct_m' }));
+  await postWebhook(sys, seedBody({ id: 'm_end', eventType: 'messages', accountId: 'acct_m' }));
+  await next(one, 'webhook_event', (e) => e.id === 'comments:c_end');
+  await next(two, 'webhook_event', (e) => e.id === 'messages:m_end');
+  await next(three, 'webhook_event', (e) => e.id === 'messages:m_end');
+  const ids = (s) => s.events.filter((e) => e.event === 'webhook_event').map((e) => e.data.id);
+  assert.deepEqual(ids(one), ['comments:c1', 'comments:c_end'], 'comments only');
+  assert.deepEqual(ids(two), ['comments:c1', 'messages:m1', 'comments:c_end', 'messages:m_end'], 'both types, each once: the same comment as the first socket');
+  assert.deepEqual(ids(three), ['messages:m1', 'messages:m_end'], 'messages only');
+  closeAll(one, two, three);
 });
 
 test('too many connections for one user: the extra one is refused', async () => {
