@@ -7,13 +7,11 @@
 //! - `GET /admin/connections`: 404 without `ADMIN_TOKEN`, 401 without the right bearer token,
 //!   and the connected clients with their subscriptions with it.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use instantchat_testsupport::{NatsServer, SioClient, SioError};
 use serde_json::{Value, json};
-use support::*;
 
 const ACCOUNT_A: &str = "17841400000000001";
 const ACCOUNT_B: &str = "17841400000000002";

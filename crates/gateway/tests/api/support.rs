@@ -2,9 +2,6 @@
 //! over a real nats-server, signed webhooks, tokens, and a parser of the Prometheus text
 //! exposition.
 
-// Each test binary uses a different part of this module.
-#![allow(dead_code)]
-
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;

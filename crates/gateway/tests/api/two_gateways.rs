@@ -7,15 +7,13 @@
 //! (`{id, type, account, seq, duplicate}` per event), so the expectations follow from what was
 //! actually stored, not from a second copy of the normalization rules.
 
-mod support;
-
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::support::{Service, http, seed_body, sign, start_gateway, start_ingest, token};
 use instantchat_ingest::WEBHOOK_PATH;
 use instantchat_testsupport::{NatsServer, SioClient, SioError};
 use serde_json::{Value, json};
-use support::{Service, http, seed_body, sign, start_gateway, start_ingest, token};
 
 /// The longest any single wait may take here (the whole test stays under 20 s).
 const WAIT: Duration = Duration::from_secs(5);
@@ -24,7 +22,7 @@ const QUIET: Duration = Duration::from_millis(300);
 
 /// Polls `GET url` until it answers 200; returns the body.
 async fn get_ok(http: &reqwest::Client, url: &str) -> String {
-    support::wait_status(http, url, 200).await
+    crate::support::wait_status(http, url, 200).await
 }
 
 /// A Meta fixture, byte for byte, with its signature from the manifest.

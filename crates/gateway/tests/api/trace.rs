@@ -4,16 +4,15 @@
 //! NATS headers. Real nats-server, ingest and gateway in-process, a real Socket.IO client; the
 //! spans go through the batch processor to opentelemetry_sdk's InMemorySpanExporter.
 //!
-//! Its own test binary: it installs the process-wide subscriber.
-
-mod support;
+//! It installs the process-wide subscriber: the only test here that does (nextest runs each test
+//! in a process of its own).
 
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use instantchat_telemetry::opentelemetry_sdk::trace::{InMemorySpanExporter, SpanData};
 use instantchat_testsupport::{NatsServer, SioClient};
 use serde_json::json;
-use support::*;
 
 const ACCOUNT: &str = "17841400000000009";
 

@@ -1,8 +1,6 @@
 //! Resumes waiting together share one read of the stream, against a real nats-server, and each
 //! gets exactly its own part of it; a backlog too large to share is replayed by each socket.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -173,8 +171,9 @@ async fn a_backlog_too_large_to_share_is_replayed_by_the_socket_itself() {
     );
 
     // ...and a socket resuming from the start gets all of it anyway, in order, by its own read.
-    let gateway = support::start_gateway(&nats.url(), &["--replay-max-events", "30000"]).await;
-    let auth = json!({ "token": support::token("backlog", &["big"]) });
+    let gateway =
+        crate::support::start_gateway(&nats.url(), &["--replay-max-events", "30000"]).await;
+    let auth = json!({ "token": crate::support::token("backlog", &["big"]) });
     let mut client = SioClient::connect(&gateway.url, Some(&auth))
         .await
         .expect("connects");

@@ -5,15 +5,15 @@
 //! Every wait ends on a fact: a sentinel event, published last and awaited, closes each
 //! client's list (delivery is in seq order, so nothing of what came before can still arrive).
 
-mod support;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::{
+    Service, http, post_webhook, seed_body, sign, start_gateway, start_ingest, token,
+};
 use instantchat_testsupport::{NatsServer, SioClient};
 use serde_json::json;
-use support::{Service, http, post_webhook, seed_body, sign, start_gateway, start_ingest, token};
 
 /// The longest any single wait may take.
 const WAIT: Duration = Duration::from_secs(10);
