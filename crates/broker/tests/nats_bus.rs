@@ -128,7 +128,7 @@ async fn replay_returns_the_backlog_of_the_accounts_and_flags_aged_out_events() 
 }
 
 #[tokio::test]
-async fn a_subscription_survives_a_broker_restart_and_gets_what_was_published_meanwhile() {
+async fn a_subscription_survives_a_broker_restart_and_continues_with_what_is_published_after_it() {
     let mut server = NatsServer::start_new();
     let subscriber = bus(&server, Retention::default()).await;
     let publisher = bus(&server, Retention::default()).await;
