@@ -387,7 +387,7 @@ async fn admit_session(State(hub): State<Arc<Hub>>, mut request: Request, next: 
                 };
                 hub.metrics
                     .rate_limited
-                    .get_or_create(&crate::metrics::label("kind", kind))
+                    .get_or_create(&crate::metrics::KindLabels { kind })
                     .inc();
                 let status = match e {
                     SessionRefused::AddressBusy => StatusCode::TOO_MANY_REQUESTS,

@@ -19,14 +19,32 @@ use instantchat_telemetry::metrics::{ProbeGauge, ProcessMemory};
 use parking_lot::Mutex;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
-type Labels = Vec<(&'static str, &'static str)>;
+/// `reason`: why an authentication was refused (a fixed list, [`AuthError::label`]).
+///
+/// [`AuthError::label`]: crate::auth::AuthError::label
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+/// `event_type`: one of the known event types, or `other`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventTypeLabels {
+    pub event_type: &'static str,
+}
+
+/// `kind`: which rate limit refused.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
 
 /// Counts sockets per event type on every scrape.
 struct SubscriptionCounter(Box<dyn Fn() -> BTreeMap<&'static str, i64> + Send + Sync>);
@@ -54,11 +72,11 @@ pub struct Inner {
     registry: Mutex<Registry>,
     pub connections: Gauge,
     pub authenticated: Gauge,
-    pub auth_failures: Family<Labels, Counter>,
-    pub delivered: Family<Labels, Counter>,
+    pub auth_failures: Family<ReasonLabels, Counter>,
+    pub delivered: Family<EventTypeLabels, Counter>,
     pub received: Counter,
     pub slow_disconnects: Counter,
-    pub rate_limited: Family<Labels, Counter>,
+    pub rate_limited: Family<KindLabels, Counter>,
     pub request_errors: Counter,
     pub replays: Counter,
     /// Reads of the stream made for resumes (one serves every resume waiting with it).
@@ -211,14 +229,11 @@ impl Metrics {
     /// `events_delivered`: `n` emits of an event of `event_type`.
     pub fn delivered(&self, event_type: &str, n: u64) {
         self.delivered
-            .get_or_create(&label("event_type", event_type_label(event_type)))
+            .get_or_create(&EventTypeLabels {
+                event_type: event_type_label(event_type),
+            })
             .inc_by(n);
     }
-}
-
-/// One label with a value the server defines.
-pub fn label(name: &'static str, value: &'static str) -> Labels {
-    vec![(name, value)]
 }
 
 /// `instantchat_gateway_subscriptions{event_type}`: sockets subscribed to each event type,
@@ -235,11 +250,9 @@ impl fmt::Debug for Subscriptions {
 impl Collector for Subscriptions {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         let counts = self.0.get().map(|count| (count.0)()).unwrap_or_default();
-        let family = Family::<Labels, Gauge>::default();
+        let family = Family::<EventTypeLabels, Gauge>::default();
         for (event_type, n) in counts {
-            family
-                .get_or_create(&label("event_type", event_type))
-                .set(n);
+            family.get_or_create(&EventTypeLabels { event_type }).set(n);
         }
         let metric = encoder.encode_descriptor(
             "subscriptions",

@@ -16,7 +16,7 @@ use super::reply::{claimed_user, refuse};
 use crate::auth::{self, AuthError, Identity};
 use crate::hub::Hub;
 use crate::limits::PendingSession;
-use crate::metrics::label;
+use crate::metrics::{KindLabels, ReasonLabels};
 use crate::session::{Client, Holds, SessionRef, Since};
 
 /// What a client may put in its handshake's `auth`.
@@ -61,13 +61,15 @@ pub(super) async fn handshake(
                 Refused::TooFast => {
                     hub.metrics
                         .rate_limited
-                        .get_or_create(&label("kind", "ip_connect"))
+                        .get_or_create(&KindLabels { kind: "ip_connect" })
                         .inc();
                 }
                 Refused::Auth(reason) => {
                     hub.metrics
                         .auth_failures
-                        .get_or_create(&label("reason", reason.label()))
+                        .get_or_create(&ReasonLabels {
+                            reason: reason.label(),
+                        })
                         .inc();
                 }
                 _ => {}

@@ -7,7 +7,7 @@ use socketioxide::extract::{AckSender, SocketRef};
 
 use crate::auth::{AuthError, Identity};
 use crate::hub::Hub;
-use crate::metrics::label;
+use crate::metrics::{KindLabels, ReasonLabels};
 
 /// Most event types one socket may subscribe to, in one `subscribe` or in all of them.
 pub const MAX_EVENT_TYPES: usize = 32;
@@ -57,7 +57,9 @@ pub fn error(hub: &Hub, s: &SocketRef, ack: AckSender, e: RequestError) {
     if e == RequestError::OverBudget {
         hub.metrics
             .rate_limited
-            .get_or_create(&label("kind", "socket_request"))
+            .get_or_create(&KindLabels {
+                kind: "socket_request",
+            })
             .inc();
     }
     hub.metrics.request_errors.inc();
@@ -73,7 +75,9 @@ pub fn error(hub: &Hub, s: &SocketRef, ack: AckSender, e: RequestError) {
 pub fn refuse(hub: &Hub, s: &SocketRef, ack: Option<AckSender>, reason: AuthError) {
     hub.metrics
         .auth_failures
-        .get_or_create(&label("reason", reason.label()))
+        .get_or_create(&ReasonLabels {
+            reason: reason.label(),
+        })
         .inc();
     let payload = json!({ "reason": reason.to_string(), "timestamp": now_ms() });
     let _ = s.emit("auth_failed", &payload);
