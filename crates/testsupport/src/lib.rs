@@ -328,7 +328,17 @@ mod tests {
         let err = server.try_start().expect_err("the port is taken");
         assert!(err.contains("exited at start"), "{err}");
         assert!(!server.is_running());
-        // And a fresh one finds a port of its own.
-        assert!(NatsServer::start_new().is_running());
+        // And a fresh one finds a port of its own, and a client gets the server's greeting there
+        // (a held handle alone would say nothing about the process).
+        let fresh = NatsServer::start_new();
+        assert_ne!(fresh.port(), port);
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", fresh.port()))
+            .expect("the fresh server accepts");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut greeting = [0u8; 4];
+        std::io::Read::read_exact(&mut stream, &mut greeting).expect("the server's INFO");
+        assert_eq!(&greeting, b"INFO");
     }
 }
