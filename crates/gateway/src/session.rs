@@ -474,11 +474,21 @@ impl Client {
 ///
 /// The socket's rate budget is taken here too: a request over it gets no turn (and is refused
 /// at once), so a flood cannot queue up behind a slow request.
-#[derive(Debug)]
 pub struct Turn {
     session: SessionRef,
     /// `None`: over the rate budget.
     ticket: Option<u64>,
+    /// Whether socketioxide counts the socket as connected (see [`Turn::wait`]).
+    connected: Box<dyn Fn() -> bool + Send + Sync>,
+}
+
+impl std::fmt::Debug for Turn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Turn")
+            .field("session", &self.session)
+            .field("ticket", &self.ticket)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Turn {
@@ -495,6 +505,17 @@ impl Turn {
                 break;
             }
             notified.await;
+        }
+        // socketioxide sends the connect packet before it marks the socket connected, and
+        // refuses emits until then: a request sent the moment the client is connected can start
+        // in between on another thread, and its reply event would be lost (its ack would not).
+        // The gap is a few instructions; a socket that never becomes connected is let through
+        // after 100 ms (its emits fail as they would have).
+        for _ in 0..100 {
+            if (self.connected)() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
         Some(TurnGuard(self.session))
     }
@@ -540,7 +561,12 @@ impl<A: Adapter> FromMessageParts<A> for Turn {
                 state.next_turn - 1
             })
         };
-        Ok(Turn { session, ticket })
+        let socket = s.clone();
+        Ok(Turn {
+            session,
+            ticket,
+            connected: Box::new(move || socket.connected()),
+        })
     }
 }
 
