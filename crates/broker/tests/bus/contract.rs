@@ -8,35 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use instantchat_broker::{
-    Delivered, EventBus, EventStream, Interest, MemoryBus, NatsBus, Outgoing, Retention, StartAt,
-    TraceContext,
-};
-use instantchat_event::Event;
+use instantchat_broker::{EventBus, EventStream, Interest, MemoryBus, Retention, StartAt};
 use instantchat_testsupport::NatsServer;
 
-const WAIT: Duration = Duration::from_secs(10);
-
-fn event(account: &str, id: &str) -> Outgoing {
-    Outgoing::event(
-        Event {
-            id: format!("comments:{id}"),
-            event_type: "comments".into(),
-            account_id: account.into(),
-            details_json: "{}".into(),
-            ..Default::default()
-        },
-        TraceContext::default(),
-    )
-}
-
-async fn next(s: &mut EventStream) -> Delivered {
-    tokio::time::timeout(WAIT, s.next())
-        .await
-        .expect("an event in time")
-        .expect("open")
-        .expect("ok")
-}
+use crate::support::{WAIT, bus, event, next};
 
 /// The ids `s` yields up to and including `sentinel`'s.
 async fn until(s: &mut EventStream, sentinel: &str) -> Vec<(u64, String)> {
@@ -52,17 +27,7 @@ async fn until(s: &mut EventStream, sentinel: &str) -> Vec<(u64, String)> {
 }
 
 async fn nats_bus(server: &NatsServer) -> Arc<dyn EventBus> {
-    let bus = NatsBus::connect(&server.url(), "contract", Retention::default())
-        .await
-        .expect("connect");
-    tokio::time::timeout(WAIT, async {
-        while bus.check_ready().await.is_err() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("bus ready");
-    Arc::new(bus)
+    Arc::new(bus(server, Retention::default()).await)
 }
 
 fn memory_bus() -> Arc<dyn EventBus> {

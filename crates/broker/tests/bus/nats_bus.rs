@@ -3,52 +3,10 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use instantchat_broker::{
-    BusError, Delivered, EventBus, EventStream, Interest, NatsBus, Outgoing, Retention, StartAt,
-    TraceContext,
-};
-use instantchat_event::Event;
+use instantchat_broker::{BusError, EventBus, Interest, NatsBus, Outgoing, Retention, StartAt};
 use instantchat_testsupport::NatsServer;
 
-const WAIT: Duration = Duration::from_secs(10);
-
-fn event(account: &str, id: &str) -> Outgoing {
-    Outgoing::event(
-        Event {
-            id: format!("comments:{id}"),
-            event_type: "comments".into(),
-            account_id: account.into(),
-            details_json: "{}".into(),
-            ..Default::default()
-        },
-        TraceContext {
-            traceparent: Some(format!("00-{id:0>32}-00f067aa0ba902b7-01")),
-            tracestate: None,
-        },
-    )
-}
-
-async fn next(s: &mut EventStream) -> Delivered {
-    tokio::time::timeout(WAIT, s.next())
-        .await
-        .expect("an event in time")
-        .expect("open")
-        .expect("ok")
-}
-
-async fn bus(server: &NatsServer, retention: Retention) -> NatsBus {
-    let bus = NatsBus::connect(&server.url(), "test", retention)
-        .await
-        .expect("connect");
-    tokio::time::timeout(WAIT, async {
-        while bus.check_ready().await.is_err() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("bus ready");
-    bus
-}
+use crate::support::{WAIT, bus, event, next};
 
 #[tokio::test]
 async fn publish_is_deduplicated_by_message_id_and_streams_are_idempotent() {
