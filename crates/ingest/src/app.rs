@@ -271,6 +271,7 @@ async fn receive_webhook(
     body: Body,
 ) -> Result<Json<Receipt>, AppError> {
     let started = Instant::now();
+    let _in_flight = state.inner.metrics.in_flight();
     // The root of the trace that follows this webhook's events to the sockets (a caller that
     // sends its own W3C context continues its trace). Disabled, and free, when tracing is off.
     let span = tracing::info_span!(

@@ -9,6 +9,7 @@ use instantchat_telemetry::metrics::ProbeGauge;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
@@ -65,6 +66,7 @@ pub struct Metrics {
     events: Family<EventLabels, Counter>,
     skipped_items: Counter,
     duration: Histogram,
+    in_flight: Gauge,
     /// The NATS client whose state `instantchat_ingest_nats_connected` reports (unset: absent).
     nats: Arc<OnceLock<async_nats::Client>>,
 }
@@ -75,6 +77,7 @@ impl Default for Metrics {
             webhooks: Family::default(),
             events: Family::default(),
             skipped_items: Counter::default(),
+            in_flight: Gauge::default(),
             // 0.5 ms .. ~8 s: a PubAck on a healthy broker takes about a millisecond, a broker
             // failing over takes seconds.
             duration: Histogram::new(exponential_buckets(0.0005, 2.0, 15)),
@@ -107,6 +110,12 @@ impl Metrics {
             Unit::Seconds,
             self.duration.clone(),
         );
+        registry.register(
+            "instantchat_webhooks_in_flight",
+            "Webhook POSTs being read, verified or published right now (a broker that is slow to \
+             acknowledge shows here first)",
+            self.in_flight.clone(),
+        );
         let nats = self.nats.clone();
         registry.register_collector(Box::new(ProbeGauge::new(
             "instantchat_ingest_nats_connected",
@@ -132,6 +141,13 @@ impl Metrics {
         self.duration.observe(elapsed.as_secs_f64());
     }
 
+    /// Counts a webhook POST in flight until the guard is dropped (answered, or the connection
+    /// gone).
+    pub(crate) fn in_flight(&self) -> InFlight {
+        self.in_flight.inc();
+        InFlight(self.in_flight.clone())
+    }
+
     pub(crate) fn event(&self, event_type: &str, duplicate: bool) {
         self.events
             .get_or_create(&EventLabels {
@@ -143,5 +159,15 @@ impl Metrics {
 
     pub(crate) fn skipped(&self, items: usize) {
         self.skipped_items.inc_by(items as u64);
+    }
+}
+
+/// One webhook POST counted in `instantchat_webhooks_in_flight` while it lives.
+#[derive(Debug)]
+pub(crate) struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

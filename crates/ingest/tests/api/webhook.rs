@@ -4,6 +4,8 @@
 use instantchat_event::subjects;
 use sha2::{Digest, Sha256};
 
+use instantchat_testsupport::receipt::ReceiptEvent;
+
 use crate::helpers::{fixture, fixture_files, receipt, spawn_app};
 
 const MID_F09: &str = "aWdfZAG1faXRlbToxOklHTWVzc2FnZAUlEOjE3ODQxNDcwOTQ1OTgwNDgzOjM0MDI4MjM2Njg0MTcxMDMwMTI0NDI3NjAyOTk1MTcyODQ1MTg0MzozMjE4NTY4MDg1NTcyOTI0NzkxNDY1NDI5OTY5OTgwNjIwOAZDZD";
@@ -85,15 +87,23 @@ async fn every_fixture_is_published_with_its_events_and_raw_body() {
     let mut published = 0;
     for file in fixture_files() {
         let (body, signature) = fixture(&file);
-        let (events, rejected) = receipt(app.post_webhook(&body, Some(&signature)).await).await;
-        assert_eq!(rejected, serde_json::Value::Null, "{file}");
+        let receipt = receipt(app.post_webhook(&body, Some(&signature)).await).await;
+        assert_eq!(receipt.rejected, None, "{file}");
 
-        let got: Vec<_> = events
+        let got: Vec<_> = receipt
+            .events
             .iter()
-            .map(|(id, ty, account, _, _)| (id.clone(), ty.as_str(), account.as_str()))
+            .map(|e| (e.id.clone(), e.event_type.as_str(), e.account.as_str()))
             .collect();
         assert_eq!(got, expected(&file), "{file}");
-        for (id, ty, account, seq, duplicate) in &events {
+        for ReceiptEvent {
+            id,
+            event_type: ty,
+            account,
+            seq,
+            duplicate,
+        } in &receipt.events
+        {
             assert!(!duplicate, "{file}: {id} is new");
             assert_eq!(
                 app.event_subject(*seq).await,
@@ -101,7 +111,7 @@ async fn every_fixture_is_published_with_its_events_and_raw_body() {
                 "{file}: {id}"
             );
         }
-        published += events.len() as u64;
+        published += receipt.events.len() as u64;
 
         let (msg_id, raw) = app
             .last_webhook_on(subjects::WEBHOOK_RAW)
@@ -130,16 +140,20 @@ async fn every_fixture_is_published_with_its_events_and_raw_body() {
 async fn a_redelivery_publishes_no_new_event() {
     let app = spawn_app().await;
     let (body, signature) = fixture("f24_batched_multi_entry_synthetic.json");
-    let (first, _) = receipt(app.post_webhook(&body, Some(&signature)).await).await;
+    let first = receipt(app.post_webhook(&body, Some(&signature)).await)
+        .await
+        .events;
     assert_eq!(first.len(), 3);
     let events = app.stored(subjects::EVENTS_STREAM).await;
     let webhooks = app.stored(subjects::WEBHOOKS_STREAM).await;
 
-    let (second, _) = receipt(app.post_webhook(&body, Some(&signature)).await).await;
+    let second = receipt(app.post_webhook(&body, Some(&signature)).await)
+        .await
+        .events;
     assert_eq!(second.len(), first.len());
     for (a, b) in first.iter().zip(&second) {
-        assert_eq!((&a.0, a.3), (&b.0, b.3), "same id, same seq");
-        assert!(!a.4 && b.4, "first new, then duplicate");
+        assert_eq!((&a.id, a.seq), (&b.id, b.seq), "same id, same seq");
+        assert!(!a.duplicate && b.duplicate, "first new, then duplicate");
     }
     assert_eq!(app.stored(subjects::EVENTS_STREAM).await, events);
     assert_eq!(app.stored(subjects::WEBHOOKS_STREAM).await, webhooks);
@@ -149,11 +163,14 @@ async fn a_redelivery_publishes_no_new_event() {
 async fn the_seeds_simplified_body_is_accepted() {
     let app = spawn_app().await;
     let body = br#"{"id":"s1","eventType":"comments","sender":{"id":"7","username":"ana"},"comment":{"text":"hi"},"timestamp":"2024-01-01T00:00:00Z","accountId":"17841"}"#;
-    let (events, rejected) = receipt(app.post_signed(body).await).await;
-    assert_eq!(rejected, serde_json::Value::Null);
-    assert_eq!(events.len(), 1);
+    let receipt = receipt(app.post_signed(body).await).await;
+    assert_eq!(receipt.rejected, None);
+    assert_eq!(receipt.events.len(), 1);
     assert_eq!(
-        (events[0].1.as_str(), events[0].2.as_str()),
+        (
+            receipt.events[0].event_type.as_str(),
+            receipt.events[0].account.as_str()
+        ),
         ("comments", "17841")
     );
 }
@@ -163,21 +180,17 @@ async fn skipped_items_keep_the_body_on_the_rejected_subject_too() {
     let app = spawn_app().await;
     // The second entry's id cannot be a subject token: its item is skipped, the first is not.
     let body = br#"{"object":"instagram","entry":[{"id":"17841","time":1744789255994,"messaging":[{"sender":{"id":"2"},"timestamp":1744789255335,"message":{"mid":"m_ok","text":"hi"}}]},{"id":"not.a.token","time":1744789255994,"messaging":[{"sender":{"id":"3"},"timestamp":1744789255335,"message":{"mid":"m_skipped","text":"lost?"}}]}]}"#;
-    let (events, rejected) = receipt(app.post_signed(body).await).await;
-    let ids: Vec<&str> = events.iter().map(|e| e.0.as_str()).collect();
+    let receipt = receipt(app.post_signed(body).await).await;
+    let rejected = receipt.rejected.clone().unwrap_or_default();
+    let ids: Vec<&str> = receipt.events.iter().map(|e| e.id.as_str()).collect();
     assert_eq!(ids, ["messages:m_ok"]);
-    assert!(
-        rejected.as_str().is_some_and(|r| r.contains("entry[1]")),
-        "{rejected}"
-    );
+    assert!(rejected.contains("entry[1]"), "{rejected}");
     for subject in [subjects::WEBHOOK_RAW, subjects::WEBHOOK_REJECTED] {
         let (_, kept) = app.last_webhook_on(subject).await.expect(subject);
         assert_eq!(kept, body, "{subject}");
     }
-    let metrics = app.get("/metrics").await.text().await.unwrap();
-    assert!(
-        metrics.contains(r#"instantchat_webhooks_total{outcome="accepted"} 1"#)
-            && metrics.contains("instantchat_webhook_items_skipped_total 1"),
-        "{metrics}"
-    );
+    app.scrape().await.assert_values(&[
+        (r#"instantchat_webhooks_total{outcome="accepted"}"#, 1.0),
+        ("instantchat_webhook_items_skipped_total", 1.0),
+    ]);
 }
