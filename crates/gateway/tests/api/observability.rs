@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use crate::support::*;
+use instantchat_testsupport::receipt::Receipt;
 use instantchat_testsupport::{NatsServer, SioClient, SioError};
 use serde_json::{Value, json};
 
@@ -43,7 +44,7 @@ async fn publish(http: &reqwest::Client, ingest: &str, id: &str, ty: &str, accou
     let signature = sign(&body);
     let (status, receipt) = post_webhook(http, ingest, body, &signature, &[]).await;
     assert_eq!(status, 200, "{receipt}");
-    receipt["events"][0]["seq"].as_u64().expect("a seq")
+    Receipt::from_json(&receipt).only_seq()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

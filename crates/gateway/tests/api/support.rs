@@ -2,7 +2,6 @@
 //! over a real nats-server, signed webhooks, tokens, and a parser of the Prometheus text
 //! exposition.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,6 +10,7 @@ use clap::Parser;
 use instantchat_broker::{NatsBus, Retention};
 use instantchat_gateway::{Gateway, GatewayArgs};
 use instantchat_ingest::{Application, IngestSettings, Secret, WEBHOOK_PATH};
+pub use instantchat_testsupport::metrics::Scrape;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -184,21 +184,6 @@ pub async fn post_webhook(
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
-/// One scrape: `name{labels}` -> value, as the exposition writes them.
-#[derive(Debug, Clone)]
-pub struct Scrape(pub BTreeMap<String, f64>);
-
-impl Scrape {
-    /// The sample `key` (`name` or `name{label="v",...}`), 0 when absent.
-    pub fn get(&self, key: &str) -> f64 {
-        self.0.get(key).copied().unwrap_or(0.0)
-    }
-
-    pub fn has(&self, key: &str) -> bool {
-        self.0.contains_key(key)
-    }
-}
-
 /// GETs `/metrics` of `base` and parses it.
 pub async fn scrape(http: &reqwest::Client, base: &str) -> Scrape {
     let response = http
@@ -207,19 +192,5 @@ pub async fn scrape(http: &reqwest::Client, base: &str) -> Scrape {
         .await
         .expect("/metrics answers");
     assert_eq!(response.status(), 200, "/metrics of {base}");
-    let text = response.text().await.expect("a body");
-    let mut samples = BTreeMap::new();
-    for line in text
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-    {
-        let (key, value) = line
-            .rsplit_once(' ')
-            .unwrap_or_else(|| panic!("a sample line: {line}"));
-        let value: f64 = value
-            .parse()
-            .unwrap_or_else(|_| panic!("a number in {line}"));
-        samples.insert(key.to_owned(), value);
-    }
-    Scrape(samples)
+    Scrape::parse(&response.text().await.expect("a body"))
 }

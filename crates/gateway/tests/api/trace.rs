@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 use instantchat_telemetry::opentelemetry_sdk::trace::{InMemorySpanExporter, SpanData};
+use instantchat_testsupport::receipt::Receipt;
 use instantchat_testsupport::{NatsServer, SioClient};
 use serde_json::json;
 
@@ -77,7 +78,7 @@ async fn the_delivery_span_continues_the_trace_of_the_webhook_that_caused_it() {
     let signature = sign(&body);
     let (status, receipt) = post_webhook(&http, &ingest.url, body, &signature, &[]).await;
     assert_eq!(status, 200, "{receipt}");
-    let seq = receipt["events"][0]["seq"].as_u64().expect("a seq");
+    let seq = Receipt::from_json(&receipt).only_seq();
     let event = client
         .wait_for_event("webhook_event", WAIT, |e| e["seq"] == seq)
         .await
@@ -130,7 +131,7 @@ async fn the_delivery_span_continues_the_trace_of_the_webhook_that_caused_it() {
     )
     .await;
     assert_eq!(status, 200, "{receipt}");
-    let seq = receipt["events"][0]["seq"].as_u64().expect("a seq");
+    let seq = Receipt::from_json(&receipt).only_seq();
     client
         .wait_for_event("webhook_event", WAIT, |e| e["seq"] == seq)
         .await

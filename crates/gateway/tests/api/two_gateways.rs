@@ -12,14 +12,14 @@ use std::time::{Duration, Instant};
 
 use crate::support::{Service, http, seed_body, sign, start_gateway, start_ingest, token};
 use instantchat_ingest::WEBHOOK_PATH;
+use instantchat_testsupport::metrics::Scrape;
+use instantchat_testsupport::receipt::{Receipt, ReceiptEvent};
 use instantchat_testsupport::{NatsServer, SioClient, SioError};
 use serde_json::{Value, json};
 
 /// The longest any single wait may take here: generous, for a machine busy with the rest of the
 /// suite (alone, the whole test takes under a second).
 const WAIT: Duration = Duration::from_secs(10);
-/// How long a client must stay quiet after its last expected event: catches extras and repeats.
-const QUIET: Duration = Duration::from_millis(300);
 
 /// Polls `GET url` until it answers 200; returns the body.
 async fn get_ok(http: &reqwest::Client, url: &str) -> String {
@@ -49,15 +49,8 @@ fn fixture(prefix: &str) -> (Vec<u8>, String) {
     (body, signature.to_owned())
 }
 
-/// One event as ingest's receipt reports it.
-#[derive(Debug, Clone, PartialEq)]
-struct Stored {
-    id: String,
-    event_type: String,
-    account: String,
-    seq: u64,
-    duplicate: bool,
-}
+/// What ingest's receipt says was stored.
+type Stored = ReceiptEvent;
 
 /// POSTs a webhook, expects 200 and returns the receipt's events.
 async fn post(http: &reqwest::Client, ingest: &str, body: Vec<u8>, signature: &str) -> Vec<Stored> {
@@ -72,18 +65,7 @@ async fn post(http: &reqwest::Client, ingest: &str, body: Vec<u8>, signature: &s
     let status = response.status();
     let receipt: Value = response.json().await.expect("a JSON receipt");
     assert_eq!(status, 200, "webhook accepted: {receipt}");
-    receipt["events"]
-        .as_array()
-        .expect("receipt.events")
-        .iter()
-        .map(|e| Stored {
-            id: e["id"].as_str().expect("id").to_owned(),
-            event_type: e["type"].as_str().expect("type").to_owned(),
-            account: e["account"].as_str().expect("account").to_owned(),
-            seq: e["seq"].as_u64().expect("seq"),
-            duplicate: e["duplicate"].as_bool().expect("duplicate"),
-        })
-        .collect()
+    Receipt::from_json(&receipt).events
 }
 
 async fn post_seed(
@@ -248,7 +230,7 @@ impl Client {
         );
     }
 
-    /// After [`QUIET`], nothing else may have arrived.
+    /// Nothing else has arrived (called once the sentinel came).
     fn check_quiet(&mut self) {
         let mut extra = self.sio.drain_events();
         extra.retain(|(name, _)| name != "heartbeat_response");
@@ -260,23 +242,33 @@ impl Client {
     }
 }
 
-/// Checks every client against `stored`, then that nothing else arrives.
-async fn check_all(clients: &mut [&mut Client], stored: &[Stored]) {
+/// Checks every client against `stored`, then that nothing else arrives: one sentinel per
+/// client, published last, must be the very next events each client gets (the ones it may
+/// see). Delivery is in `seq` order, so a late duplicate or a stray event would come before
+/// them and fail [`Client::check`].
+async fn check_all(
+    http: &reqwest::Client,
+    ingest: &str,
+    round: &str,
+    clients: &mut [&mut Client],
+    stored: &[Stored],
+) {
     for client in clients.iter_mut() {
         let expected = client.expected(stored);
         client.check(&expected).await;
     }
-    tokio::time::sleep(QUIET).await;
+    let mut sentinels = Vec::new();
+    for (i, client) in clients.iter().enumerate() {
+        let account = client.accounts.as_ref().map_or("acct_1", |a| a[0]);
+        let id = format!("sentinel_{round}_{i}");
+        sentinels.extend(post_seed(http, ingest, &id, client.types[0], account).await);
+    }
     for client in clients.iter_mut() {
+        let expected = client.expected(&sentinels);
+        assert!(!expected.is_empty(), "{} sees its sentinel", client.name);
+        client.check(&expected).await;
         client.check_quiet();
     }
-}
-
-/// The value of an unlabelled metric in a Prometheus text exposition.
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .filter_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .find_map(|v| v.trim().parse().ok())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -386,7 +378,14 @@ async fn two_gateways_deliver_exactly_what_each_client_may_see() {
         4,
         "bob: c_2a and the 3 acct_2 comments of the burst"
     );
-    check_all(&mut [&mut a1, &mut a2, &mut b, &mut w], &stored).await;
+    check_all(
+        &http,
+        &ingest.url,
+        "1",
+        &mut [&mut a1, &mut a2, &mut b, &mut w],
+        &stored,
+    )
+    .await;
 
     // Phase 2: every client of acct_2 leaves; gateway 2 narrows its bus subscription while
     // webhooks keep coming, for acct_2 (nobody on gateway 2 wants it now) and for acct_1.
@@ -403,20 +402,27 @@ async fn two_gateways_deliver_exactly_what_each_client_may_see() {
         later.extend(post_seed(&http, &ingest.url, id, ty, acct).await);
     }
     assert_eq!(w.expected(&later).len(), 2);
-    check_all(&mut [&mut a1, &mut a2, &mut w], &later).await;
+    check_all(
+        &http,
+        &ingest.url,
+        "2",
+        &mut [&mut a1, &mut a2, &mut w],
+        &later,
+    )
+    .await;
 
     // Both gateways are alive and serve their metrics; gateway 2 counts only alice now.
     for (gw, open) in [(&gw1, 2.0), (&gw2, 1.0)] {
         get_ok(&http, &format!("{}/healthz", gw.url)).await;
-        let text = get_ok(&http, &format!("{}/metrics", gw.url)).await;
+        let scrape = Scrape::parse(&get_ok(&http, &format!("{}/metrics", gw.url)).await);
         assert!(
-            text.contains("instantchat_gateway_events_received"),
-            "{text}"
+            scrape.has_metric("instantchat_gateway_events_received_total"),
+            "{scrape:?}"
         );
         assert_eq!(
-            metric(&text, "instantchat_gateway_connections"),
+            scrape.value("instantchat_gateway_connections"),
             Some(open),
-            "{}: open connections\n{text}",
+            "{}: open connections\n{scrape:?}",
             gw.url
         );
     }
@@ -502,9 +508,9 @@ async fn a_client_leaving_at_once_leaves_nothing_counted() {
     // Wait for the gauges to settle at 0 (or the deadline), then look.
     let deadline = Instant::now() + WAIT;
     let (open, authenticated) = loop {
-        let text = get_ok(&http, &format!("{}/metrics", gateway.url)).await;
-        let open = metric(&text, "instantchat_gateway_connections");
-        let authenticated = metric(&text, "instantchat_gateway_authenticated_connections");
+        let scrape = Scrape::parse(&get_ok(&http, &format!("{}/metrics", gateway.url)).await);
+        let open = scrape.value("instantchat_gateway_connections");
+        let authenticated = scrape.value("instantchat_gateway_authenticated_connections");
         if (open, authenticated) == (Some(0.0), Some(0.0)) || Instant::now() > deadline {
             break (open, authenticated);
         }
