@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import {
-  freePort, connect, next, request, within, waitUntil, sleep, repoRoot, fixturesDir, stopProcess, waitHttp, APP_SECRET,
+  freePort, connect, next, request, within, waitUntil, repoRoot, fixturesDir, stopProcess, waitHttp, APP_SECRET,
 } from '../lib/harness.mjs';
 
 const bin = join(process.env.INSTANTCHAT_BIN_DIR ?? join(repoRoot, 'target', 'debug'), 'instantchat');
@@ -83,8 +83,14 @@ test('tail keeps its quiet socket past HEARTBEAT_TIMEOUT_SECS with heartbeats', 
     tail.stderr.on('data', (c) => { err += c; });
     const exited = new Promise((r) => tail.on('exit', r));
     await waitUntil(10000, 'tail to subscribe', () => /subscribed/.test(err), 20);
-    // Well past the 1 s timeout (checked every 0.5 s), with no event: only the heartbeats keep it.
-    await sleep(2500);
+    // The sentinel: a socket of the same user that subscribes and never beats. Once the 1 s
+    // timeout drops it, a whole timeout and check have passed since tail subscribed, with no
+    // event: only its heartbeats kept tail's socket.
+    const sentinel = connect({ url }, { auth: { token: of('INSTANTCHAT_TOKEN') } });
+    await next(sentinel, 'connect');
+    await request(sentinel, 'subscribe', { eventTypes: ['mentions'] });
+    await next(sentinel, 'disconnect', () => true, 10000);
+    assert.equal(tail.exitCode, null, `tail is still running: ${err}`);
     const sent = spawnSync(bin, ['send', '--url', url, '--type', 'mentions', '--account', '7', '--text', 'still here'],
       { env: { ...cleanEnv, INSTAGRAM_APP_SECRET: of('INSTAGRAM_APP_SECRET') }, encoding: 'utf8', timeout: 20000, killSignal: 'SIGKILL' });
     assert.equal(sent.status, 0, sent.stderr);

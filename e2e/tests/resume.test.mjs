@@ -112,14 +112,19 @@ test('auth_expired, then a fresh authenticate: the socket stays and keeps receiv
     const g = sys.gateways[0];
     const socket = connect(g, { auth: { token: token({ userId: 'renewer', accounts: ['acct_r'], ttl: 2 }) } });
     await next(socket, 'connect');
+    // The sentinel: a token made after the renewer's, so it expires no sooner, never renewed.
+    const sentinel = connect(g, { auth: { token: token({ userId: 'sentinel', accounts: ['acct_r'], ttl: 2 }) } });
+    await next(sentinel, 'connect');
     await request(socket, 'subscribe', { eventTypes: ['comments'] });
     const expired = await next(socket, 'auth_expired', () => true, 10000);
     assert.deepEqual(Object.keys(expired), ['timestamp']);
     assert.ok(Math.abs(expired.timestamp - Date.now()) < 5000, 'a Unix ms timestamp');
     const renewed = await request(socket, 'authenticate', { token: token({ userId: 'renewer', accounts: ['acct_r'] }), userId: 'renewer' });
     assert.equal(renewed.message, 'Authentication successful');
-    // Past the grace period of the old token: still here.
-    await sleep(4000);
+    // The sentinel is dropped once its grace period is over, so the renewer's old token's is too:
+    // the renewed socket is still here.
+    const reason = await next(sentinel, 'disconnect', () => true, 15000);
+    assert.equal(reason, 'io server disconnect');
     assert.ok(socket.connected, 'the renewed socket stays');
     const id = await publish(sys, 'after_renewal', 'acct_r');
     const got = await next(socket, 'webhook_event', (e) => e.id === id);
