@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use socketioxide::{SocketIo, extract::SocketRef};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
+use tracing_subscriber::layer::SubscriberExt;
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -139,6 +140,12 @@ async fn an_upgraded_socket_ends_its_polling_heartbeat_task_between_pings() {
 }
 
 async fn upgrade_ends_the_polling_heartbeat_task(answer_ping: bool) {
+    // The engine's own word that a heartbeat task ended. The test's runtime has one thread, so
+    // this thread's subscriber sees the server's tasks and no other test's.
+    let heartbeats_ended = Matching::default();
+    let _subscriber = tracing::subscriber::set_default(
+        tracing_subscriber::registry().with(heartbeats_ended.clone()),
+    );
     let (url, _handled, server) = server().await;
     let http = reqwest::Client::builder().timeout(WAIT).build().unwrap();
     let (session, sid) = polling_session(&http, &url).await;
@@ -168,23 +175,17 @@ async fn upgrade_ends_the_polling_heartbeat_task(answer_ping: bool) {
         .unwrap()
         .unwrap();
     assert_eq!(probe.to_text().unwrap(), "3probe");
-    // Counted once no task starts or ends any more (a session's first tasks end on their own).
-    let metrics = tokio::runtime::Handle::current().metrics();
-    let mut before = metrics.num_alive_tasks();
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let now = metrics.num_alive_tasks();
-        if now == before {
-            break;
-        }
-        before = now;
-    }
+    assert_eq!(
+        heartbeats_ended.count(),
+        0,
+        "the polling heartbeat task runs"
+    );
 
     // The upgrade: the WebSocket loop takes the pings over, and the task must end now, not at
     // its next tick 25 s away.
     ws.send(Message::text("5")).await.unwrap();
     instantchat_testsupport::wait_for("the heartbeat task to end", WAIT, || {
-        metrics.num_alive_tasks() == before - 1
+        heartbeats_ended.count() == 1
     })
     .await;
 
@@ -200,4 +201,32 @@ async fn upgrade_ends_the_polling_heartbeat_task(answer_ping: bool) {
         got.push(msg.to_text().unwrap().to_owned());
     }
     server.abort();
+}
+
+/// Counts the engine's "heartbeat job completed" debug events.
+#[derive(Debug, Clone, Default)]
+struct Matching(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Matching {
+    fn count(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Matching {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Message(bool);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.0 |= format!("{value:?}") == "heartbeat job completed";
+                }
+            }
+        }
+        let mut message = Message(false);
+        event.record(&mut message);
+        if message.0 {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
 }
