@@ -172,18 +172,7 @@ impl TestApp {
 
     /// Every stored event, through the bus's replay, as `(seq, event)`.
     pub async fn replay_all(&self) -> Vec<(u64, Event)> {
-        let replay = tokio::time::timeout(TIMEOUT, self.bus.replay(Interest::All, 0))
-            .await
-            .expect("replay within the timeout")
-            .expect("replay");
-        let events: Vec<_> = tokio::time::timeout(TIMEOUT, replay.events.collect::<Vec<_>>())
-            .await
-            .expect("replay ends within the timeout");
-        events
-            .into_iter()
-            .map(|d| d.expect("a decodable event"))
-            .map(|d| (d.seq, Arc::unwrap_or_clone(d.event)))
-            .collect()
+        replay_all(&self.bus).await
     }
 
     /// Triggers the shutdown and waits for the server to finish.
@@ -389,6 +378,13 @@ pub async fn stored_events(nats_url: &str) -> Vec<(u64, Event)> {
     let bus = NatsBus::connect_reader(nats_url, "ingest-tests-reader")
         .await
         .expect("connect the test's reader");
+    let events = replay_all(&bus).await;
+    bus.close().await;
+    events
+}
+
+/// Every event `bus` has stored, as `(seq, event)`.
+async fn replay_all(bus: &dyn EventBus) -> Vec<(u64, Event)> {
     let replay = tokio::time::timeout(TIMEOUT, bus.replay(Interest::All, 0))
         .await
         .expect("replay within the timeout")
@@ -396,7 +392,6 @@ pub async fn stored_events(nats_url: &str) -> Vec<(u64, Event)> {
     let events: Vec<_> = tokio::time::timeout(TIMEOUT, replay.events.collect::<Vec<_>>())
         .await
         .expect("replay ends within the timeout");
-    bus.close().await;
     events
         .into_iter()
         .map(|d| d.expect("a decodable event"))
