@@ -87,6 +87,12 @@ pub struct IngestArgs {
     /// Only the floor phase (no ingest is started).
     #[arg(long)]
     pub floor_only: bool,
+    /// Also the HTTP floor, last: the same senders and bodies against ingest's serve loop and
+    /// router alone (a hidden `http-echo` process that reads each body and answers a receipt of
+    /// the same shape, with no verification, normalization or broker): what HTTP/1.1 costs per
+    /// webhook here before any of ingest's own work.
+    #[arg(long)]
+    pub http_floor: bool,
     /// Use the nats-server at this URL instead of starting one (with --ingest-url, use both).
     /// The bench then never stops it, and checks only its own messages in the streams.
     #[arg(long)]
@@ -694,6 +700,11 @@ where
         .map(|k| tokio::spawn(spawn_sender(k, schedule.clone(), window, counters.clone())))
         .collect();
     // Progress, and the window's start and end readings.
+    let server = if name == "http" {
+        "http-echo"
+    } else {
+        "ingest"
+    };
     let progress = {
         let (monitor, counters) = (monitor.clone(), counters.clone());
         tokio::spawn(async move {
@@ -710,12 +721,12 @@ where
                 let cores = |role: &str| per.get(role).map_or(0.0, |u| u.cpu_cores);
                 let rate = accepted.saturating_sub(prev.1) as f64 / secs;
                 eprintln!(
-                    "[{:6.1}s] {name:<6} accepted {} ({rate:.0}/s) refused {} failed {} | cpu ingest {:.2} nats {:.2} bench {:.2} machine {:.2}",
+                    "[{:6.1}s] {name:<6} accepted {} ({rate:.0}/s) refused {} failed {} | cpu {server} {:.2} nats {:.2} bench {:.2} machine {:.2}",
                     now.duration_since(t0).as_secs_f64(),
                     accepted,
                     counters.refused.load(Ordering::Relaxed),
                     counters.failed.load(Ordering::Relaxed),
-                    cores("ingest"),
+                    cores(server),
                     cores("nats-server"),
                     cores("bench"),
                     prev.0.machine_cores(&usage),
@@ -1086,8 +1097,60 @@ pub async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
         phases.push(phase);
     }
 
+    if a.http_floor {
+        let echo = HttpEcho::start().await?;
+        monitor.tracked.lock().push(("http-echo".into(), echo.pid));
+        // Nothing verifies there: none badly signed.
+        let http_bodies = Arc::new(Bodies {
+            run: format!("{}h", bodies.run),
+            templates: bodies.templates.clone(),
+            bad_every: 0,
+        });
+        let (_, phase) = {
+            let (host, secret) = (echo.host.clone(), secret.clone());
+            run_phase(
+                "http",
+                &a,
+                &monitor,
+                t0,
+                deadline,
+                move |k, schedule, window, counters| {
+                    http_sender(
+                        k,
+                        host.clone(),
+                        http_bodies.clone(),
+                        secret.clone(),
+                        schedule,
+                        window,
+                        counters,
+                    )
+                },
+            )
+            .await?
+        };
+        monitor
+            .tracked
+            .lock()
+            .retain(|(role, _)| role != "http-echo");
+        drop(echo);
+        rows.extend(phase_rows(&phase, a.rate));
+        phases.push(phase);
+    }
+
     let mut targets = Vec::new();
     let ingest = phases.iter().find(|p| p.name == "ingest");
+    let http = phases.iter().find(|p| p.name == "http");
+    if let (Some(i), Some(h)) = (ingest, http) {
+        let of = |p: &Phase, role: &str| p.cpu_us_per_webhook.get(role).copied().unwrap_or(0.0);
+        let (all, alone) = (of(i, "ingest"), of(h, "http-echo"));
+        rows.push((
+            "ingest / http".into(),
+            format!(
+                "HTTP alone {alone:.1} µs of ingest's {all:.1} µs per webhook; ingest's own work {:.1} µs",
+                all - alone
+            ),
+        ));
+    }
     let floor = phases.iter().find(|p| p.name == "floor");
     if let (Some(i), Some(f)) = (ingest, floor) {
         let share = i.webhooks_per_s / f.webhooks_per_s.max(1e-9) * 100.0;
@@ -1195,7 +1258,7 @@ pub async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
 }
 
 fn phase_rows(p: &Phase, rate: Option<f64>) -> Vec<(String, String)> {
-    let what = if p.name == "ingest" {
+    let what = if p.name == "ingest" || p.name == "http" {
         "POST -> answer"
     } else {
         "publish -> every ack"
@@ -1264,6 +1327,23 @@ fn phase_rows(p: &Phase, rate: Option<f64>) -> Vec<(String, String)> {
             ),
         ),
     ];
+    if p.name == "http" {
+        // Nothing is published or stored there: no broker figures, no completeness.
+        rows.retain(|(what, _)| !what.ends_with("completeness"));
+        rows[0].1 = format!(
+            "{} answered 200/s over {:.1} s; {} sent, {} failed",
+            int(p.webhooks_per_s as u64),
+            p.secs,
+            int(p.sent),
+            int(p.failed)
+        );
+        rows[2].1 = cpu
+            .iter()
+            .filter(|c| !c.starts_with("nats-server"))
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+    }
     if rate.is_some() {
         rows.push((
             format!("{}: sender lag", p.name),
@@ -1274,6 +1354,46 @@ fn phase_rows(p: &Phase, rate: Option<f64>) -> Vec<(String, String)> {
         rows.push((format!("{}: failure", p.name), f.clone()));
     }
     rows
+}
+
+/// The `http-echo` process of the HTTP floor; killed when dropped.
+struct HttpEcho {
+    child: tokio::process::Child,
+    pid: u32,
+    /// `127.0.0.1:PORT`, as the senders want it.
+    host: String,
+}
+
+impl HttpEcho {
+    async fn start() -> anyhow::Result<Self> {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new(
+            std::env::current_exe().context("the bench's own binary")?,
+        )
+        .arg("http-echo")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start instantchat-bench http-echo")?;
+        let pid = child.id().context("http-echo has no pid")?;
+        let stdout = child.stdout.take().context("http-echo's stdout")?;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .context("http-echo did not say where it listens within 10 s")??
+            .context("http-echo exited before it listened")?;
+        let host = line
+            .strip_prefix("listening on ")
+            .with_context(|| format!("http-echo said {line:?}"))?
+            .to_owned();
+        Ok(HttpEcho { child, pid, host })
+    }
+}
+
+impl Drop for HttpEcho {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
 }
 
 #[cfg(test)]

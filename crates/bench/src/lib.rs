@@ -16,7 +16,8 @@
 //!   summary table to stdout and JSON to `--out`.
 //! - [`churn`]: clients that join with accounts of their own and leave, beside the measured ones.
 //! - [`ingest`](mod@ingest): webhooks/s, latency and CPU per webhook of `instantchat-ingest`, and
-//!   the JetStream floor beside it (the same messages published straight with async-nats).
+//!   the JetStream floor beside it (the same messages published straight with async-nats), and
+//!   with `--http-floor` the HTTP floor ([`http_echo`]: ingest's serve loop and router alone).
 //! - [`floor`]: the machine's own loopback TCP latency for a fan-out of a given shape, with no
 //!   InstantChat in the path: the reference `latency` is read against.
 
@@ -29,6 +30,7 @@ pub mod churn;
 pub mod designs;
 pub mod floor;
 pub mod hist;
+pub mod http_echo;
 pub mod ingest;
 pub mod mix;
 pub mod monitor;
@@ -98,6 +100,9 @@ pub enum Scenario {
     /// Internal: one receiver process of `floor`.
     #[command(hide = true)]
     FloorReceiver(FloorReceiverArgs),
+    /// Internal: ingest's HTTP half alone, for `ingest --http-floor`.
+    #[command(hide = true)]
+    HttpEcho,
 }
 
 /// Settings of every scenario.
@@ -404,6 +409,7 @@ pub fn main() -> std::process::ExitCode {
             Scenario::Designs(a) => designs::designs(a).await,
             Scenario::Ingest(a) => ingest::ingest(a).await,
             Scenario::FloorReceiver(a) => floor::floor_receiver(a).await,
+            Scenario::HttpEcho => http_echo::run().await,
         }
     });
     // Worker tasks may still be parked on stdin; do not wait for them.

@@ -1,5 +1,6 @@
-//! `instantchat-bench floor` end to end: a sender, two receiver processes, real loopback
-//! sockets; every frame arrives once and is timed.
+//! The bench's floors end to end: `floor` (a sender, two receiver processes, real loopback
+//! sockets; every frame arrives once and is timed) and `http-echo`, the HTTP floor of `ingest
+//! --http-floor` (it reads whole bodies and answers ingest's receipt shape).
 
 use std::process::Command;
 use std::time::Duration;
@@ -61,4 +62,47 @@ fn floor_refuses_more_sockets_than_one_process_may_hold() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("19000 or fewer"), "{err}");
+}
+
+#[test]
+fn http_echo_reads_the_body_and_answers_a_receipt() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_instantchat-bench"))
+        .arg("http-echo")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("{line:?}"))
+        .to_owned();
+    let body = br#"{"object":"instagram","entry":[]}"#;
+    let mut tcp = std::net::TcpStream::connect(&addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        tcp,
+        "POST /api/webhooks/instagram HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    tcp.write_all(body).unwrap();
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let json: serde_json::Value =
+        serde_json::from_str(answer.split_once("\r\n\r\n").unwrap().1).unwrap();
+    assert_eq!(json["status"], "ok");
+    assert_eq!(
+        json["events"][0]["id"],
+        format!("comments:17858893269000001_{}", body.len()),
+        "the whole body was read"
+    );
 }
