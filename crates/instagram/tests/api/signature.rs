@@ -11,9 +11,9 @@ fn good() -> String {
 #[test]
 fn sign_matches_a_known_vector() {
     // The manifest's value for f05, computed by another implementation.
-    let body = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../testdata/instagram/f05_mentions_comment_docs.json"
+    let body = std::fs::read(format!(
+        "{}/f05_mentions_comment_docs.json",
+        crate::FIXTURES
     ))
     .unwrap();
     assert_eq!(

@@ -256,7 +256,7 @@ fn details_are_a_json_object(details: &str) -> bool {
 }
 
 fn fixtures() -> Vec<Vec<u8>> {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/instagram");
+    let dir = crate::FIXTURES;
     // The JSON files only (the bodies and their manifest), not the folder's README.
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .unwrap()

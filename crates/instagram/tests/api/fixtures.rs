@@ -11,10 +11,7 @@ const SECRET: &str = "test_app_secret";
 const RECEIVED: i64 = 1_700_000_000_000;
 
 fn dir() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../testdata/instagram"
-    ))
+    PathBuf::from(crate::FIXTURES)
 }
 
 fn read(file: &str) -> Vec<u8> {
