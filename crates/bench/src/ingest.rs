@@ -452,6 +452,45 @@ impl Connection {
     }
 }
 
+/// Where a phase's HTTP senders POST, what, and signed with which secret.
+struct HttpTarget {
+    /// `HOST:PORT`.
+    host: String,
+    bodies: Arc<Bodies>,
+    secret: Arc<Vec<u8>>,
+}
+
+/// A phase of [`http_sender`]s POSTing to `target`.
+async fn http_phase(
+    name: &'static str,
+    a: &IngestArgs,
+    monitor: &Arc<Monitor>,
+    t0: Instant,
+    deadline: Instant,
+    target: HttpTarget,
+) -> anyhow::Result<(Vec<SenderResult>, Phase)> {
+    let target = Arc::new(target);
+    run_phase(
+        name,
+        a,
+        monitor,
+        t0,
+        deadline,
+        move |k, schedule, window, counters| {
+            http_sender(
+                k,
+                target.host.clone(),
+                target.bodies.clone(),
+                target.secret.clone(),
+                schedule,
+                window,
+                counters,
+            )
+        },
+    )
+    .await
+}
+
 /// One ingest sender: POSTs until the schedule says done.
 async fn http_sender(
     k: u64,
@@ -1036,28 +1075,12 @@ pub async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
             .trim_start_matches("http://")
             .trim_end_matches('/')
             .to_owned();
-        let (results, mut phase) = {
-            let (bodies, secret) = (bodies.clone(), secret.clone());
-            run_phase(
-                "ingest",
-                &a,
-                &monitor,
-                t0,
-                deadline,
-                move |k, schedule, window, counters| {
-                    http_sender(
-                        k,
-                        host.clone(),
-                        bodies.clone(),
-                        secret.clone(),
-                        schedule,
-                        window,
-                        counters,
-                    )
-                },
-            )
-            .await?
+        let target = HttpTarget {
+            host,
+            bodies: bodies.clone(),
+            secret: secret.clone(),
         };
+        let (results, mut phase) = http_phase("ingest", &a, &monitor, t0, deadline, target).await?;
         monitor.set_phase("check");
         eprintln!("instantchat-bench ingest: reading the streams back");
         phase.completeness = check(&js, &bodies, &results).await?;
@@ -1106,28 +1129,12 @@ pub async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
             templates: bodies.templates.clone(),
             bad_every: 0,
         });
-        let (_, phase) = {
-            let (host, secret) = (echo.host.clone(), secret.clone());
-            run_phase(
-                "http",
-                &a,
-                &monitor,
-                t0,
-                deadline,
-                move |k, schedule, window, counters| {
-                    http_sender(
-                        k,
-                        host.clone(),
-                        http_bodies.clone(),
-                        secret.clone(),
-                        schedule,
-                        window,
-                        counters,
-                    )
-                },
-            )
-            .await?
+        let target = HttpTarget {
+            host: echo.host.clone(),
+            bodies: http_bodies,
+            secret: secret.clone(),
         };
+        let (_, phase) = http_phase("http", &a, &monitor, t0, deadline, target).await?;
         monitor
             .tracked
             .lock()
