@@ -1,6 +1,6 @@
 //! `http-echo` (internal), the HTTP half of ingest alone, for `ingest --http-floor`: the same
 //! serve loop and router ingest uses (`instantchat_service::serve`, axum), the whole body read,
-//! and a receipt of the same shape and size answered, with no verification, normalization or
+//! and ingest's own receipt type answered, with no verification, normalization or
 //! broker. What it costs per request is what HTTP/1.1 costs ingest on this machine before any
 //! of ingest's own work.
 
@@ -9,37 +9,17 @@ use std::time::Duration;
 use axum::Json;
 use axum::body::Bytes;
 use axum::routing::post;
-use serde::Serialize;
+use instantchat_ingest::{Published, Receipt, WEBHOOK_PATH};
 use tokio::io::AsyncWriteExt;
 
-/// The path ingest serves webhooks on.
-pub const WEBHOOK_PATH: &str = "/api/webhooks/instagram";
-
-/// The shape of ingest's 200 answer, with one event (ingest's bodies have 1.17 on average).
-#[derive(Serialize)]
-struct Receipt {
-    status: &'static str,
-    events: [Published; 1],
-    rejected: Option<String>,
-}
-
-#[derive(Serialize)]
-struct Published {
-    id: String,
-    #[serde(rename = "type")]
-    event_type: &'static str,
-    account: &'static str,
-    seq: u64,
-    duplicate: bool,
-}
-
+/// Ingest's own 200 answer, with one event (ingest's bodies have 1.17 on average).
 async fn answer(body: Bytes) -> Json<Receipt> {
     Json(Receipt {
         status: "ok",
-        events: [Published {
+        events: vec![Published {
             id: format!("comments:17858893269000001_{}", body.len()),
-            event_type: "comments",
-            account: "17841405822304914",
+            event_type: "comments".to_owned(),
+            account: "17841405822304914".to_owned(),
             seq: 123_456,
             duplicate: false,
         }],

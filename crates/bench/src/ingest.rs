@@ -433,7 +433,7 @@ impl Connection {
         body: String,
         signature: &str,
     ) -> anyhow::Result<(u16, Bytes)> {
-        let request = hyper::Request::post("/api/webhooks/instagram")
+        let request = hyper::Request::post(instantchat_ingest::WEBHOOK_PATH)
             .header(hyper::header::HOST, host)
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .header("x-hub-signature-256", signature)

@@ -57,8 +57,9 @@ impl Publisher {
                 .tcp_nodelay(true)
                 .build()?,
             url: format!(
-                "{}/api/webhooks/instagram",
-                ingest_url.trim_end_matches('/')
+                "{}{}",
+                ingest_url.trim_end_matches('/'),
+                instantchat_ingest::WEBHOOK_PATH
             ),
             run: run.to_owned(),
             receivers: mix.receivers(clients),

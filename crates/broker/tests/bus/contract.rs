@@ -5,13 +5,12 @@
 //! published last and awaited: delivery is in seq order.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::StreamExt;
 use instantchat_broker::{EventBus, EventStream, Interest, MemoryBus, Retention, StartAt};
 use instantchat_testsupport::NatsServer;
 
-use crate::support::{WAIT, bus, event, next};
+use crate::support::{WAIT, bus, event, next, ready};
 
 /// The ids `s` yields up to and including `sentinel`'s.
 async fn until(s: &mut EventStream, sentinel: &str) -> Vec<(u64, String)> {
@@ -173,13 +172,7 @@ async fn acknowledged_events_are_replayed_after_a_nats_restart() {
 
     server.stop();
     server.start();
-    tokio::time::timeout(WAIT, async {
-        while bus.check_ready().await.is_err() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("the bus is ready again after the restart");
+    ready(&*bus, "the bus ready again after the restart", WAIT).await;
 
     assert_eq!(bus.epoch().await.unwrap(), epoch, "the same history");
     let replay = bus.replay(Interest::accounts(["a"]), 0).await.unwrap();

@@ -6,7 +6,7 @@ use futures::StreamExt;
 use instantchat_broker::{BusError, EventBus, Interest, NatsBus, Outgoing, Retention, StartAt};
 use instantchat_testsupport::NatsServer;
 
-use crate::support::{WAIT, bus, event, next};
+use crate::support::{WAIT, bus, event, next, ready};
 
 #[tokio::test]
 async fn publish_is_deduplicated_by_message_id_and_streams_are_idempotent() {
@@ -204,13 +204,12 @@ async fn with_three_replicas_the_streams_outlive_their_leader() {
     };
     let ready = |bus: NatsBus| async move {
         // A new cluster elects its leaders first.
-        tokio::time::timeout(Duration::from_secs(30), async {
-            while bus.check_ready().await.is_err() {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-        .await
-        .expect("streams set up on the cluster in time");
+        ready(
+            &bus,
+            "streams set up on the cluster",
+            Duration::from_secs(30),
+        )
+        .await;
         bus
     };
     // Streams made with one copy, as an earlier deployment left them; then ingest starts with

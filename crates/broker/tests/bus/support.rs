@@ -44,12 +44,13 @@ pub async fn bus(server: &NatsServer, retention: Retention) -> NatsBus {
     let bus = NatsBus::connect(&server.url(), "test", retention)
         .await
         .expect("connect");
-    tokio::time::timeout(WAIT, async {
-        while bus.check_ready().await.is_err() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("bus ready");
+    ready(&bus, "bus ready", WAIT).await;
     bus
+}
+
+/// Waits until `bus` says it is ready (connected, streams set up), failing with `what` after
+/// `within`.
+pub async fn ready<B: EventBus + ?Sized>(bus: &B, what: &str, within: Duration) {
+    instantchat_testsupport::eventually(what, within, || async { bus.check_ready().await.is_ok() })
+        .await;
 }

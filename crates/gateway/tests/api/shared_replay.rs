@@ -33,13 +33,10 @@ async fn owner_bus(nats: &NatsServer) -> NatsBus {
     let bus = NatsBus::connect(&nats.url(), "test", Retention::default())
         .await
         .expect("connect");
-    tokio::time::timeout(WAIT, async {
-        while bus.check_ready().await.is_err() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    instantchat_testsupport::eventually("bus ready", WAIT, || async {
+        bus.check_ready().await.is_ok()
     })
-    .await
-    .expect("bus ready");
+    .await;
     bus
 }
 
