@@ -3,7 +3,8 @@
 //! - [`EventBus`]: publish durably with a dedup id and await the broker's confirmation; subscribe to
 //!   the live events of one account or of all; replay what is stored after a sequence.
 //! - [`NatsBus`](nats::NatsBus): NATS JetStream (async-nats). Streams are created or updated at
-//!   start-up; subscriptions are ordered consumers that survive broker restarts.
+//!   start-up; subscriptions are ordered consumers that survive broker restarts; PubAcks come
+//!   back on one subscription of its own (`pub_acks`).
 //! - [`MemoryBus`](memory::MemoryBus): in-process, for the single-process mode: bounded, with replay
 //!   from a ring buffer, the same dedup and sequence rules.
 //!
@@ -13,6 +14,7 @@
 
 pub mod memory;
 pub mod nats;
+mod pub_acks;
 
 use std::fmt;
 use std::sync::Arc;

@@ -3,7 +3,8 @@
 //! - Streams `INSTANTCHAT_EVENTS` and `INSTANTCHAT_WEBHOOKS` are created or updated at start-up
 //!   (idempotent); while NATS is unreachable, set-up is retried in the background and
 //!   [`check_ready`](EventBus::check_ready) says not ready.
-//! - Publishing sends the whole batch, then awaits every PubAck; a disconnected client fails fast
+//! - Publishing hands the whole batch to the client in order, then awaits every PubAck (one
+//!   subscription of its own receives them all, see `pub_acks`); a disconnected client fails fast
 //!   so ingest can answer 503 instead of holding Meta's request.
 //! - A live subscription is an ordered pull consumer pumped by a task; when the consumer breaks
 //!   (broker restart, missed heartbeats) it is recreated after the last seq delivered, so events
@@ -17,8 +18,6 @@ use async_nats::connection::State;
 use async_nats::jetstream::{
     self,
     consumer::{DeliverPolicy, pull},
-    context::PublishErrorKind,
-    message::PublishMessage,
     stream,
 };
 use async_nats::{HeaderMap, header};
@@ -27,6 +26,7 @@ use instantchat_event::{Event, subjects};
 use prost::Message as _;
 use tokio::sync::{mpsc, watch};
 
+use crate::pub_acks::{AckError, PubAcks};
 use crate::{
     BusError, Delivered, Epoch, EventBus, EventStream, Interest, Outgoing, PublishAck, Replay,
     Retained, Retention, StartAt, TraceContext,
@@ -36,7 +36,7 @@ use crate::{
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Buffered events per subscription before the pump waits for its reader.
 const SUBSCRIPTION_BUFFER: usize = 1024;
-/// Publishes awaiting their PubAck, across all batches: the JetStream context's ack permits.
+/// Publishes awaiting their PubAck, across all batches: what one client keeps outstanding.
 const MAX_ACKS_IN_FLIGHT: usize = 5_000;
 /// Publishes a batch sends before it awaits their PubAcks.
 const PUBLISH_CHUNK: usize = 500;
@@ -61,10 +61,13 @@ pub struct NatsBus {
     /// Counts (re)connections. Subscriptions recreate their consumers when it moves instead of
     /// waiting for missed heartbeats: ephemeral consumers do not outlive a server restart.
     connections: watch::Receiver<u64>,
-    /// The context's ack permits, taken a whole chunk at a time: a publish holds an ack
-    /// permit until its PubAck is awaited, so batches that each took part of what they need
-    /// (or one batch of more than there are) would otherwise wait on each other for ever.
+    /// Permits for PubAcks outstanding, taken a whole chunk at a time: a chunk holds them
+    /// until its PubAcks are in, so batches that each took part of what they need (or one
+    /// batch of more than there are) would otherwise wait on each other for ever.
     in_flight: Arc<tokio::sync::Semaphore>,
+    /// Where publishes get their PubAcks, subscribed on the first publish (a gateway never
+    /// publishes).
+    pub_acks: Arc<tokio::sync::OnceCell<PubAcks>>,
 }
 
 impl NatsBus {
@@ -126,9 +129,9 @@ impl NatsBus {
                 url: url.to_owned(),
                 reason: e.to_string(),
             })?;
+        // The context serves stream set-up and reads; publishes go through `pub_acks`.
         let js = jetstream::ContextBuilder::new()
             .timeout(ACK_TIMEOUT)
-            .max_ack_inflight(MAX_ACKS_IN_FLIGHT)
             .build(client.clone());
         let bus = NatsBus {
             client,
@@ -139,6 +142,7 @@ impl NatsBus {
             stream_setup: Arc::default(),
             connections,
             in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_ACKS_IN_FLIGHT)),
+            pub_acks: Arc::default(),
         };
         if let Err(e) = bus.ensure_streams().await {
             tracing::warn!(error = %e, "streams not set up yet; retrying in the background");
@@ -360,6 +364,10 @@ impl EventBus for NatsBus {
         if !self.connected() {
             return Err(BusError::Unavailable);
         }
+        let pub_acks = self
+            .pub_acks
+            .get_or_try_init(|| PubAcks::start(self.client.clone()))
+            .await?;
         let mut acks = Vec::with_capacity(batch.len());
         for chunk in batch.chunks(PUBLISH_CHUNK) {
             let _permits = self
@@ -367,36 +375,19 @@ impl EventBus for NatsBus {
                 .acquire_many(chunk.len() as u32)
                 .await
                 .map_err(|e| BusError::Publish(e.to_string()))?;
-            let mut futures = Vec::with_capacity(chunk.len());
-            for out in chunk {
-                let message = PublishMessage::build()
-                    .payload(out.payload.clone())
-                    .headers(headers(out));
-                let future = self
-                    .js
-                    .send_publish(out.subject.clone(), message)
-                    .await
-                    .map_err(|e| BusError::Publish(e.to_string()))?;
-                futures.push(future);
-            }
-            for result in
-                futures::future::join_all(futures.into_iter().map(|f| f.into_future())).await
-            {
-                match result {
-                    Ok(ack) => acks.push(PublishAck {
-                        seq: ack.sequence,
-                        duplicate: ack.duplicate,
-                    }),
-                    Err(e) => {
-                        if e.kind() == PublishErrorKind::StreamNotFound {
-                            // The server lost its streams (a fresh store): set them up again
-                            // so Meta's retry succeeds.
-                            self.streams_ready.store(false, Ordering::Release);
-                            let _ = self.ensure_streams_unless_ready().await;
-                        }
-                        return Err(BusError::Publish(e.to_string()));
-                    }
+            let messages = chunk
+                .iter()
+                .map(|out| (out.subject.clone(), headers(out), out.payload.clone()));
+            match pub_acks.publish(messages, ACK_TIMEOUT).await {
+                Ok(chunk_acks) => acks.extend(chunk_acks),
+                Err(AckError::NoStream) => {
+                    // The server lost its streams (a fresh store): set them up again so
+                    // Meta's retry succeeds.
+                    self.streams_ready.store(false, Ordering::Release);
+                    let _ = self.ensure_streams_unless_ready().await;
+                    return Err(AckError::NoStream.into());
                 }
+                Err(e) => return Err(e.into()),
             }
         }
         Ok(acks)
@@ -585,9 +576,10 @@ impl EventBus for NatsBus {
         "nats"
     }
 
-    /// The server's `max_payload` (1 MiB unless its configuration says otherwise).
+    /// The server's `max_payload` (1 MiB unless its configuration says otherwise). Asked on
+    /// every webhook, so read from the client's copy rather than a clone of the server's info.
     fn max_message_bytes(&self) -> Option<usize> {
-        Some(self.client.server_info().max_payload).filter(|&n| n > 0)
+        Some(self.client.max_payload()).filter(|&n| n > 0)
     }
 }
 
