@@ -65,7 +65,7 @@ pub struct IngestArgs {
     /// Seconds of load before the measurement starts, in each phase.
     #[arg(long, default_value_t = 3)]
     pub warmup: u64,
-    /// Most webhooks sent in each phase.
+    /// Most webhooks sent in each phase; a phase ends early once they are all answered.
     #[arg(long, default_value_t = 2_000_000)]
     pub max_webhooks: u64,
     /// Every Nth webhook is sent with a wrong signature: it must be answered 401 and leave
@@ -785,7 +785,13 @@ where
         counters.messages.load(Ordering::Relaxed),
     );
     let w0 = Instant::now();
-    tokio::time::sleep_until(window.until).await;
+    // The window ends at its time, or sooner when every sender is done (--max-webhooks sent).
+    while Instant::now() < window.until && !tasks.iter().all(|t| t.is_finished()) {
+        tokio::time::sleep(
+            Duration::from_millis(50).min(window.until.saturating_duration_since(Instant::now())),
+        )
+        .await;
+    }
     let (u1, c1, m1) = (
         monitor.usage(),
         counters.accepted.load(Ordering::Relaxed),
