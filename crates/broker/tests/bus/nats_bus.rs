@@ -332,3 +332,37 @@ async fn with_three_replicas_the_streams_outlive_their_leader() {
     .expect("a replay of both events in time");
     assert_eq!(ids, vec!["comments:before", "comments:after"]);
 }
+
+#[tokio::test]
+async fn a_message_the_stream_refuses_fails_its_batch_with_the_brokers_reason() {
+    let server = NatsServer::start_new();
+    let bus = bus(&server, Retention::default()).await;
+    bus.publish(vec![event("1", "first")]).await.unwrap();
+    // An operator's limit: one event, and new ones refused rather than old ones dropped.
+    let nats = async_nats::connect(server.url()).await.expect("connect");
+    let js = async_nats::jetstream::new(nats);
+    let mut config = js
+        .get_stream(instantchat_event::subjects::EVENTS_STREAM)
+        .await
+        .expect("stream")
+        .info()
+        .await
+        .expect("info")
+        .config
+        .clone();
+    config.max_messages = 1;
+    config.discard = async_nats::jetstream::stream::DiscardPolicy::New;
+    js.update_stream(config).await.expect("updated");
+    let refused = tokio::time::timeout(WAIT, bus.publish(vec![event("1", "second")]))
+        .await
+        .expect("an answer in time");
+    match refused {
+        Err(BusError::Publish(reason)) => {
+            assert!(reason.contains("maximum messages exceeded"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // A redelivery of what is stored is still acknowledged, as the duplicate it is.
+    let again = bus.publish(vec![event("1", "first")]).await.unwrap();
+    assert!(again[0].duplicate);
+}
