@@ -112,7 +112,10 @@ pub(crate) fn first_duplicate(text: &str) -> Option<Duplicate> {
 /// body's bytes, so it jumps from quote or backslash to the next rather than reading each byte.
 fn string_end(bytes: &[u8], start: usize) -> usize {
     let mut i = start + 1;
-    while let Some(at) = bytes.get(i..).and_then(|rest| memchr::memchr2(b'"', b'\\', rest)) {
+    while let Some(at) = bytes
+        .get(i..)
+        .and_then(|rest| memchr::memchr2(b'"', b'\\', rest))
+    {
         i += at;
         if bytes[i] == b'"' {
             return i;
