@@ -152,15 +152,7 @@ struct RawPubAck {
     seq: Option<u64>,
     #[serde(default)]
     duplicate: bool,
-    error: Option<RawApiError>,
-}
-
-#[derive(serde::Deserialize)]
-struct RawApiError {
-    #[serde(default)]
-    code: u16,
-    #[serde(default)]
-    description: String,
+    error: Option<async_nats::jetstream::Error>,
 }
 
 fn pub_ack(message: &Message) -> Result<PublishAck, AckError> {
@@ -176,8 +168,7 @@ fn pub_ack(message: &Message) -> Result<PublishAck, AckError> {
     })?;
     match (ack.error, ack.seq) {
         (Some(error), _) => Err(AckError::Other(format!(
-            "the stream refused the message: {} (status {})",
-            error.description, error.code
+            "the stream refused the message: {error}"
         ))),
         (None, Some(seq)) => Ok(PublishAck {
             seq,
