@@ -99,6 +99,9 @@ pub struct Monitor {
     pub phase: Mutex<String>,
     /// (role, pid) of the system's processes; updated when a gateway is restarted.
     pub tracked: Mutex<Vec<(String, u32)>>,
+    /// (role, tid) of threads of the bench itself whose CPU is reported apart, as
+    /// `bench/<name>`; the bench's own figure includes them.
+    pub threads: Mutex<Vec<(String, u32)>>,
     pub pool: Mutex<Option<Arc<PoolState>>>,
     pub publisher: Mutex<Option<Arc<Publisher>>>,
     pub samples: Mutex<Vec<Sample>>,
@@ -111,6 +114,7 @@ impl Monitor {
             t0,
             phase: Mutex::new("start".into()),
             tracked: Mutex::default(),
+            threads: Mutex::default(),
             pool: Mutex::default(),
             publisher: Mutex::default(),
             samples: Mutex::default(),
@@ -141,6 +145,11 @@ impl Monitor {
         let me = std::process::id();
         if let Some(s) = procfs::read(me) {
             procs.insert("bench".into(), (me, s));
+        }
+        for (name, tid) in self.threads.lock().iter() {
+            if let Some(s) = procfs::read_thread(*tid) {
+                procs.insert(format!("bench/{name}"), (*tid, s));
+            }
         }
         let (busy, total) = procfs::machine_cpu();
         Usage {

@@ -23,8 +23,24 @@ pub struct ProcStat {
 
 /// Reads `/proc/<pid>/status` and `/proc/<pid>/stat`; `None` when the process is gone.
 pub fn read(pid: u32) -> Option<ProcStat> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    read_dir(&format!("/proc/{pid}"))
+}
+
+/// The same for one thread of this process (`/proc/self/task/<tid>`): its own CPU time, the
+/// process's memory. (`/proc/<tid>` would give the whole process's CPU.)
+pub fn read_thread(tid: u32) -> Option<ProcStat> {
+    read_dir(&format!("/proc/self/task/{tid}"))
+}
+
+/// The calling thread's id, from `/proc/thread-self` (`<pid>/task/<tid>`).
+pub fn current_tid() -> Option<u32> {
+    let link = std::fs::read_link("/proc/thread-self").ok()?;
+    link.file_name()?.to_str()?.parse().ok()
+}
+
+fn read_dir(dir: &str) -> Option<ProcStat> {
+    let status = std::fs::read_to_string(format!("{dir}/status")).ok()?;
+    let stat = std::fs::read_to_string(format!("{dir}/stat")).ok()?;
     let field = |name: &str| {
         status
             .lines()

@@ -422,7 +422,12 @@ impl Run {
     fn cpu_row(&mut self, m: &Measured) {
         let mut parts: Vec<String> = Vec::new();
         let mut workers = 0.0;
-        let ours: f64 = m.cpu.values().map(|u| u.cpu_cores).sum();
+        let ours: f64 = m
+            .cpu
+            .iter()
+            .filter(|(role, _)| !role.contains('/'))
+            .map(|(_, u)| u.cpu_cores)
+            .sum();
         for (role, u) in &m.cpu {
             if role.starts_with("worker") {
                 workers += u.cpu_cores;

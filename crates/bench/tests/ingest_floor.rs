@@ -1,0 +1,70 @@
+//! `ingest --floor-only` against a real nats-server: the floor publishes with ingest's own
+//! publisher, every acknowledged webhook's messages are in the streams once, and the CPU of the
+//! thread that makes the messages is reported apart from the bench's, so that the report can
+//! say what publishing alone costs.
+
+use std::time::Duration;
+
+use instantchat_broker::{NatsBus, Retention};
+use instantchat_testsupport::{NatsServer, nats_server_bin};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_floor_stores_every_message_once_and_reports_publishing_apart() {
+    let nats = NatsServer::start_new();
+    // The streams, as ingest sets them up; the floor only uses them.
+    let _owner = NatsBus::connect(&nats.url(), "streams-owner", Retention::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("floor.json");
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_instantchat-bench"))
+        .args(["ingest", "--floor-only", "--nats-url", &nats.url()])
+        .arg("--fixtures")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../testdata/instagram"
+        ))
+        .arg("--nats-server")
+        .arg(nats_server_bin())
+        .args(["--senders", "8", "--max-webhooks", "400", "--warmup", "0"])
+        .args(["--duration", "20", "--max-seconds", "60"])
+        .arg("--out")
+        .arg(&out)
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(90), run)
+        .await
+        .expect("the floor did not end within 90 s")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the floor failed: {}\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let phases = report["phases"].as_array().unwrap();
+    assert_eq!(phases.len(), 1, "{phases:?}");
+    let floor = &phases[0];
+    assert_eq!(floor["name"], "floor");
+    assert_eq!(floor["accepted"], 400);
+    assert_eq!(floor["failed"], 0);
+    let c = &floor["completeness"];
+    assert_eq!(c["exact"], true, "{c}");
+    assert_eq!(c["expected_bodies"], 400);
+    assert_eq!(c["bodies_once"], 400);
+    assert!(c["events_once"].as_u64().unwrap() >= 400, "{c}");
+    // The message thread is a part of the bench: reported apart, never more than the whole.
+    let cpu = &floor["cpu_us_per_webhook"];
+    let (bench, messages) = (
+        cpu["bench"].as_f64().unwrap(),
+        cpu["bench/messages"].as_f64().expect("no bench/messages"),
+    );
+    assert!(bench > 0.0 && messages <= bench, "{cpu}");
+    assert!(
+        stdout.contains("floor: publishing alone"),
+        "no publishing-alone row:\n{stdout}"
+    );
+}
