@@ -16,8 +16,9 @@
 //!   summary table to stdout and JSON to `--out`.
 //! - [`churn`]: clients that join with accounts of their own and leave, beside the measured ones.
 //! - [`ingest`](mod@ingest): webhooks/s, latency and CPU per webhook of `instantchat-ingest`, and
-//!   the JetStream floor beside it (the same messages published straight with async-nats), and
-//!   with `--http-floor` the HTTP floor ([`http_echo`]: ingest's serve loop and router alone).
+//!   the JetStream floor beside it (the same messages published straight to JetStream with
+//!   ingest's own publisher, and what publishing alone costs), and with `--http-floor` the HTTP
+//!   floor ([`http_echo`]: ingest's serve loop and router alone).
 //! - [`floor`]: the machine's own loopback TCP latency for a fan-out of a given shape, with no
 //!   InstantChat in the path: the reference `latency` is read against.
 
@@ -92,7 +93,8 @@ pub enum Scenario {
     /// keep-alive senders, as fast as answers come back or at --rate: accepted webhooks/s,
     /// POST-to-200 latency, CPU per webhook of ingest and nats-server, and that the streams hold
     /// exactly what was acknowledged. Then the floor: the same messages published straight to
-    /// JetStream with async-nats, no HTTP and no ingest.
+    /// JetStream with ingest's own publisher (async-nats), no HTTP and no ingest, and what
+    /// publishing alone costs the bench per webhook.
     Ingest(ingest::IngestArgs),
     /// Internal: one worker process of clients, driven over stdin/stdout.
     #[command(hide = true)]
