@@ -17,6 +17,8 @@
 //!   acknowledgements before the next: no HTTP, no ingest. Its rate and nats-server's CPU per
 //!   message are what ingest is read against. The messages are made on a thread of their own,
 //!   so the bench's CPU without that thread is what publishing alone costs per webhook.
+//!   `--floor-publisher fast-batch` publishes in nats-server's fast-ingest batches instead
+//!   ([`crate::fast_batch`]), to measure what one acknowledgement per batch would save.
 //! - HTTP floor (`--http-floor`): the same senders and bodies against ingest's serve loop and an
 //!   axum router that answer without verifying, normalizing or publishing. HTTP alone and
 //!   publishing alone, added up, are what ingest's two outer parts cost each on their own.
@@ -43,6 +45,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
+use crate::fast_batch::FastBatch;
 use crate::hist::{self, Summary};
 use crate::monitor::{Monitor, ProcUsage, round2};
 use crate::procfs::{self, Machine};
@@ -89,6 +92,11 @@ pub struct IngestArgs {
     /// Only the ingest phase.
     #[arg(long, conflicts_with = "floor_only")]
     pub no_floor: bool,
+    /// How the floor publishes: `bus`, ingest's own publisher (a PubAck per message); or
+    /// `fast-batch`, an experiment: nats-server's fast-ingest batches (2.14+; the bench turns on
+    /// `allow_batched` on both streams), one acknowledgement per batch of webhooks.
+    #[arg(long, value_enum, default_value_t = FloorPublisher::Bus)]
+    pub floor_publisher: FloorPublisher,
     /// Only the floor phase (no ingest is started).
     #[arg(long)]
     pub floor_only: bool,
@@ -663,11 +671,41 @@ impl FloorMessages {
     }
 }
 
-/// One floor publisher: each webhook's messages published as ingest publishes them (one batch
-/// through [`NatsBus`], its PubAcks awaited) before the next.
+/// What the floor publishes with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FloorPublisher {
+    /// Ingest's own publisher.
+    Bus,
+    /// nats-server's fast-ingest batches ([`FastBatch`]).
+    FastBatch,
+}
+
+/// The floor's publisher, made.
+#[derive(Debug, Clone)]
+enum Floor {
+    Bus(Box<NatsBus>),
+    FastBatch(FastBatch),
+}
+
+impl Floor {
+    async fn publish(&self, batch: Vec<Outgoing>) -> Result<(), String> {
+        match self {
+            Floor::Bus(bus) => bus
+                .publish(batch)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            Floor::FastBatch(fast) => fast.publish(batch).await,
+        }
+    }
+}
+
+/// One floor publisher: each webhook's messages published (by default as ingest publishes
+/// them: one batch through [`NatsBus`], its PubAcks awaited) before the next.
 async fn floor_sender(
     k: u64,
-    bus: NatsBus,
+    bus: Floor,
     messages: Arc<FloorMessages>,
     schedule: Arc<Schedule>,
     window: Window,
@@ -690,7 +728,7 @@ async fn floor_sender(
                 .saturating_record(started.elapsed().as_micros() as u64);
         }
         match published {
-            Ok(Ok(_)) => {
+            Ok(Ok(())) => {
                 counters.accepted.fetch_add(1, Ordering::Relaxed);
                 counters.messages.fetch_add(count, Ordering::Relaxed);
                 result.accepted.push(n);
@@ -1172,6 +1210,12 @@ pub async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
         let bus = NatsBus::connect_reader(&nats_url, "instantchat-bench-floor")
             .await
             .with_context(|| format!("cannot connect the floor's publisher to {nats_url}"))?;
+        let bus = match a.floor_publisher {
+            FloorPublisher::Bus => Floor::Bus(Box::new(bus)),
+            FloorPublisher::FastBatch => {
+                Floor::FastBatch(FastBatch::start(bus.client().clone()).await?)
+            }
+        };
         let messages = Arc::new(FloorMessages::start(floor_bodies.clone(), a.max_webhooks)?);
         monitor
             .threads

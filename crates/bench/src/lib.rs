@@ -29,6 +29,7 @@ use serde::Serialize;
 
 pub mod churn;
 pub mod designs;
+pub mod fast_batch;
 pub mod floor;
 pub mod hist;
 pub mod http_echo;

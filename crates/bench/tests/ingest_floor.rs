@@ -68,3 +68,50 @@ async fn the_floor_stores_every_message_once_and_reports_publishing_apart() {
         "no publishing-alone row:\n{stdout}"
     );
 }
+
+/// The fast-ingest batch publisher the floor can use instead (`--floor-publisher fast-batch`):
+/// a webhook published again in a later batch is stored once, its `Nats-Msg-Id` deduplicated
+/// inside the batch as outside one, and the webhooks with it are stored whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fast_batch_stores_each_message_once_and_dedups_a_repeat() {
+    use instantchat_bench::fast_batch::FastBatch;
+    use instantchat_broker::Outgoing;
+    use instantchat_event::subjects;
+
+    let nats = NatsServer::start_new();
+    let owner = NatsBus::connect(&nats.url(), "streams-owner", Retention::default())
+        .await
+        .unwrap();
+    let fast = FastBatch::start(owner.client().clone()).await.unwrap();
+    let raw = |id: &str| {
+        Outgoing::raw(
+            subjects::WEBHOOK_RAW,
+            format!("webhook:{id}"),
+            bytes::Bytes::from(format!("body {id}")),
+            Default::default(),
+        )
+    };
+    let within = Duration::from_secs(10);
+    // Two webhooks at once (one batch or two), then the first again with a new one.
+    let (a, b) = tokio::time::timeout(within, async {
+        tokio::join!(fast.publish(vec![raw("a")]), fast.publish(vec![raw("b")]))
+    })
+    .await
+    .unwrap();
+    a.unwrap();
+    b.unwrap();
+    let (again, c) = tokio::time::timeout(within, async {
+        tokio::join!(fast.publish(vec![raw("a")]), fast.publish(vec![raw("c")]))
+    })
+    .await
+    .unwrap();
+    again.unwrap();
+    c.unwrap();
+    let js = async_nats::jetstream::new(owner.client().clone());
+    let mut stream = js.get_stream(subjects::WEBHOOKS_STREAM).await.unwrap();
+    let info = tokio::time::timeout(within, stream.info())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(info.state.messages, 3, "{:?}", info.state);
+}
