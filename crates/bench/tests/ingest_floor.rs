@@ -8,13 +8,19 @@ use std::time::Duration;
 use instantchat_broker::{NatsBus, Retention};
 use instantchat_testsupport::{NatsServer, nats_server_bin};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_floor_stores_every_message_once_and_reports_publishing_apart() {
+/// A nats-server with both streams, set up as ingest sets them up, and the client that did it.
+async fn nats_with_streams() -> (NatsServer, NatsBus) {
     let nats = NatsServer::start_new();
-    // The streams, as ingest sets them up; the floor only uses them.
-    let _owner = NatsBus::connect(&nats.url(), "streams-owner", Retention::default())
+    let owner = NatsBus::connect(&nats.url(), "streams-owner", Retention::default())
         .await
         .unwrap();
+    (nats, owner)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_floor_stores_every_message_once_and_reports_publishing_apart() {
+    // The floor only uses the streams.
+    let (nats, _owner) = nats_with_streams().await;
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("floor.json");
     let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_instantchat-bench"))
@@ -78,10 +84,7 @@ async fn a_fast_batch_stores_each_message_once_and_dedups_a_repeat() {
     use instantchat_broker::Outgoing;
     use instantchat_event::subjects;
 
-    let nats = NatsServer::start_new();
-    let owner = NatsBus::connect(&nats.url(), "streams-owner", Retention::default())
-        .await
-        .unwrap();
+    let (_nats, owner) = nats_with_streams().await;
     let fast = FastBatch::start(owner.client().clone()).await.unwrap();
     let raw = |id: &str| {
         Outgoing::raw(
@@ -93,20 +96,18 @@ async fn a_fast_batch_stores_each_message_once_and_dedups_a_repeat() {
     };
     let within = Duration::from_secs(10);
     // Two webhooks at once (one batch or two), then the first again with a new one.
-    let (a, b) = tokio::time::timeout(within, async {
-        tokio::join!(fast.publish(vec![raw("a")]), fast.publish(vec![raw("b")]))
-    })
-    .await
-    .unwrap();
-    a.unwrap();
-    b.unwrap();
-    let (again, c) = tokio::time::timeout(within, async {
-        tokio::join!(fast.publish(vec![raw("a")]), fast.publish(vec![raw("c")]))
-    })
-    .await
-    .unwrap();
-    again.unwrap();
-    c.unwrap();
+    for pair in [["a", "b"], ["a", "c"]] {
+        let (first, second) = tokio::time::timeout(within, async {
+            tokio::join!(
+                fast.publish(vec![raw(pair[0])]),
+                fast.publish(vec![raw(pair[1])])
+            )
+        })
+        .await
+        .unwrap();
+        first.unwrap();
+        second.unwrap();
+    }
     let js = async_nats::jetstream::new(owner.client().clone());
     let mut stream = js.get_stream(subjects::WEBHOOKS_STREAM).await.unwrap();
     let info = tokio::time::timeout(within, stream.info())
