@@ -54,9 +54,9 @@ impl FastBatch {
     /// Publishes one webhook's messages; `Ok` once both streams' batches holding them are
     /// acknowledged whole.
     pub async fn publish(&self, batch: Vec<Outgoing>) -> Result<(), String> {
-        let (webhooks, events): (Vec<_>, Vec<_>) = batch
+        let (events, webhooks): (Vec<_>, Vec<_>) = batch
             .into_iter()
-            .partition(|m| m.subject.starts_with("instantchat.webhooks."));
+            .partition(|m| m.subject.starts_with(subjects::EVENTS_PREFIX));
         let mut waits = Vec::with_capacity(2);
         for (tx, messages) in [(&self.webhooks, webhooks), (&self.events, events)] {
             if messages.is_empty() {

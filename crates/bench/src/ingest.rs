@@ -47,7 +47,7 @@ use tokio::time::Instant;
 
 use crate::fast_batch::FastBatch;
 use crate::hist::{self, Summary};
-use crate::monitor::{Monitor, ProcUsage, round2};
+use crate::monitor::{Monitor, ProcUsage, process_cores, round2};
 use crate::procfs::{self, Machine};
 use crate::scenarios::{command_line, int, print_rows, wait_quiet, write_report};
 use crate::system::{APP_SECRET, System, SystemConfig};
@@ -615,13 +615,12 @@ fn messages_of(body: &[u8]) -> Vec<Outgoing> {
 /// come in chunks, so that the thread is woken once per chunk, not once per webhook.
 struct FloorMessages {
     /// Chunks from the thread, and what is left of the last one taken.
-    queue: tokio::sync::Mutex<(Receiver<Chunk>, Chunk)>,
+    queue: tokio::sync::Mutex<(tokio::sync::mpsc::Receiver<Chunk>, Chunk)>,
     tid: u32,
 }
 
 /// Webhooks in order: each one's number and messages.
 type Chunk = std::collections::VecDeque<(u64, Vec<Outgoing>)>;
-type Receiver<T> = tokio::sync::mpsc::Receiver<T>;
 
 /// Webhooks per chunk, and chunks made ahead: enough that no sender waits for the thread.
 const CHUNK: u64 = 64;
@@ -911,12 +910,7 @@ where
         })
         .collect();
     let machine = u0.machine_cores(&u1);
-    // A thread reported apart (`bench/...`) is already in its process's figure.
-    let ours: f64 = cpu
-        .iter()
-        .filter(|(role, _)| !role.contains('/'))
-        .map(|(_, u)| u.cpu_cores)
-        .sum();
+    let ours = process_cores(&cpu);
     let mut merged = hist::new_hist();
     for r in &results {
         merged.add(&r.hist).ok();
@@ -1290,7 +1284,13 @@ pub async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
         rows.push((
             "floor: publishing alone".into(),
             format!(
-                "{us:.1} µs per webhook: ingest's publisher (the messages, their PubAcks awaited), without making the messages"
+                "{us:.1} µs per webhook: {}, without making the messages",
+                match a.floor_publisher {
+                    FloorPublisher::Bus =>
+                        "ingest's publisher (the messages, their PubAcks awaited)",
+                    FloorPublisher::FastBatch =>
+                        "fast-ingest batches (the messages, each batch's acknowledgement awaited)",
+                }
             ),
         ));
     }

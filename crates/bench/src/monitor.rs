@@ -92,6 +92,15 @@ impl Usage {
     }
 }
 
+/// Cores used by the processes in `cpu` together. A thread reported apart (`bench/<name>`) is
+/// already in its process's figure and is not counted again.
+pub fn process_cores(cpu: &BTreeMap<String, ProcUsage>) -> f64 {
+    cpu.iter()
+        .filter(|(role, _)| !role.contains('/'))
+        .map(|(_, u)| u.cpu_cores)
+        .sum()
+}
+
 /// The progress monitor of a run.
 #[derive(Debug)]
 pub struct Monitor {

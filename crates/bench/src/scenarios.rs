@@ -422,12 +422,7 @@ impl Run {
     fn cpu_row(&mut self, m: &Measured) {
         let mut parts: Vec<String> = Vec::new();
         let mut workers = 0.0;
-        let ours: f64 = m
-            .cpu
-            .iter()
-            .filter(|(role, _)| !role.contains('/'))
-            .map(|(_, u)| u.cpu_cores)
-            .sum();
+        let ours = crate::monitor::process_cores(&m.cpu);
         for (role, u) in &m.cpu {
             if role.starts_with("worker") {
                 workers += u.cpu_cores;
