@@ -18,7 +18,8 @@
 //! - [`ingest`](mod@ingest): webhooks/s, latency and CPU per webhook of `instantchat-ingest`, and
 //!   the JetStream floor beside it (the same messages published straight to JetStream with
 //!   ingest's own publisher, and what publishing alone costs), and with `--http-floor` the HTTP
-//!   floor ([`http_echo`]: ingest's serve loop and router alone).
+//!   floor ([`http_echo`]: ingest's serve loop and router alone). Its senders POST with
+//!   [`http1`], a lean keep-alive client, so the load generator takes little of the machine.
 //! - [`floor`]: the machine's own loopback TCP latency for a fan-out of a given shape, with no
 //!   InstantChat in the path: the reference `latency` is read against.
 
@@ -32,6 +33,7 @@ pub mod designs;
 pub mod fast_batch;
 pub mod floor;
 pub mod hist;
+pub mod http1;
 pub mod http_echo;
 pub mod ingest;
 pub mod mix;
