@@ -16,8 +16,10 @@ use instantchat_bench::http1::{Http1Connection, Http1Error};
 use instantchat_broker::{NatsBus, Retention};
 use instantchat_event::subjects;
 use instantchat_ingest::{Application, IngestSettings, Secret};
-use instantchat_testsupport::{NatsServer, nats_server_bin};
+use instantchat_testsupport::NatsServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+mod common;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -185,50 +187,36 @@ async fn ingest_phase_with(client: &str, extra: &[&str]) -> (serde_json::Value, 
     let app = Application::with_bus(0, settings, Arc::new(bus))
         .await
         .unwrap();
-    let ingest_url = format!("http://127.0.0.1:{}", app.port());
+    let (nats_url, ingest_url) = (nats.url(), format!("http://127.0.0.1:{}", app.port()));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async move {
         let _ = stop_rx.await;
     }));
 
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("ingest.json");
-    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_instantchat-bench"))
-        .args(["ingest", "--http-client", client])
-        .args(extra)
-        .args(["--nats-url", &nats.url(), "--ingest-url", &ingest_url])
-        .args(["--app-secret", SECRET])
-        .arg("--fixtures")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../testdata/instagram"
-        ))
-        .arg("--nats-server")
-        .arg(nats_server_bin())
-        .args([
-            "--senders",
-            "8",
-            "--max-webhooks",
-            "300",
-            "--bad-every",
-            "10",
-        ])
-        .args(["--warmup", "0", "--duration", "10", "--max-seconds", "120"])
-        .arg("--out")
-        .arg(&out)
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(150), run)
-        .await
-        .expect("the bench did not end within 150 s")
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "the ingest phase failed: {}\n{}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let mut args = vec![
+        "--http-client",
+        client,
+        "--nats-url",
+        &nats_url,
+        "--ingest-url",
+        &ingest_url,
+        "--app-secret",
+        SECRET,
+        "--senders",
+        "8",
+        "--max-webhooks",
+        "300",
+        "--bad-every",
+        "10",
+        "--warmup",
+        "0",
+        "--duration",
+        "10",
+        "--max-seconds",
+        "120",
+    ];
+    args.extend(extra);
+    let (report, _) = common::bench_ingest(&args, Duration::from_secs(150)).await;
     let _ = stop_tx.send(());
     tokio::time::timeout(WAIT, server)
         .await
@@ -245,7 +233,6 @@ async fn ingest_phase_with(client: &str, extra: &[&str]) -> (serde_json::Value, 
         .unwrap()
         .state
         .messages;
-    let report = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     (report, bodies)
 }
 
@@ -305,19 +292,9 @@ async fn lean_counts_every_answer_of_a_real_ingest_round_after_round() {
         assert_eq!(floor["completeness"]["exact"], true, "{floor}");
         assert_eq!(floor["completeness"]["bodies_once"], 300, "{floor}");
     }
-    let share = report["targets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["target"] == ">= 70 % of the floor")
-        .expect("no ratio target");
+    let share = common::target(&report, ">= 70 % of the floor");
     assert_eq!(share["rounds"].as_array().unwrap().len(), 2, "{share}");
-    let completeness = report["targets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["target"] == "exact")
-        .expect("no completeness target");
+    let completeness = common::target(&report, "exact");
     assert_eq!(completeness["met"], true, "{completeness}");
     // Both rounds' acknowledged bodies, summed.
     assert!(

@@ -6,7 +6,9 @@
 use std::time::Duration;
 
 use instantchat_broker::{NatsBus, Retention};
-use instantchat_testsupport::{NatsServer, nats_server_bin};
+use instantchat_testsupport::NatsServer;
+
+mod common;
 
 /// A nats-server with both streams, set up as ingest sets them up, and the client that did it.
 async fn nats_with_streams() -> (NatsServer, NatsBus) {
@@ -21,36 +23,25 @@ async fn nats_with_streams() -> (NatsServer, NatsBus) {
 async fn the_floor_stores_every_message_once_and_reports_publishing_apart() {
     // The floor only uses the streams.
     let (nats, _owner) = nats_with_streams().await;
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("floor.json");
-    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_instantchat-bench"))
-        .args(["ingest", "--floor-only", "--nats-url", &nats.url()])
-        .arg("--fixtures")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../testdata/instagram"
-        ))
-        .arg("--nats-server")
-        .arg(nats_server_bin())
-        .args(["--senders", "8", "--max-webhooks", "400", "--warmup", "0"])
-        .args(["--duration", "20", "--max-seconds", "60"])
-        .arg("--out")
-        .arg(&out)
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(90), run)
-        .await
-        .expect("the floor did not end within 90 s")
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "the floor failed: {}\n{stdout}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let (report, stdout) = common::bench_ingest(
+        &[
+            "--floor-only",
+            "--nats-url",
+            &nats.url(),
+            "--senders",
+            "8",
+            "--max-webhooks",
+            "400",
+            "--warmup",
+            "0",
+            "--duration",
+            "20",
+            "--max-seconds",
+            "60",
+        ],
+        Duration::from_secs(90),
+    )
+    .await;
     let phases = report["phases"].as_array().unwrap();
     assert_eq!(phases.len(), 1, "{phases:?}");
     let floor = &phases[0];
