@@ -102,9 +102,10 @@ pub struct IngestArgs {
     /// `allow_batched` on both streams), one acknowledgement per batch of webhooks.
     #[arg(long, value_enum, default_value_t = FloorPublisher::Bus)]
     pub floor_publisher: FloorPublisher,
-    /// What the HTTP senders POST with: `lean`, [`crate::http1`], which writes and reads on the
-    /// sender's own task; or `hyper`, hyper's client, whose connection task costs the load
-    /// generator about twice as much CPU per request, all of it taken from the measured machine.
+    /// What the HTTP senders POST with: `lean`, the bench's own keep-alive client, which writes
+    /// each request and reads its answer on the sender's own task; or `hyper`, hyper's client,
+    /// whose connection task costs the load generator about a third more CPU per webhook, all
+    /// of it taken from the cores ingest and nats-server are measured on.
     #[arg(long, value_enum, default_value_t = HttpClient::Lean)]
     pub http_client: HttpClient,
     /// Alternate the ingest and floor phases this many times (each `--warmup` + `--duration`
@@ -444,7 +445,7 @@ impl Schedule {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum HttpClient {
-    /// [`Http1Connection`]: the request written and the answer read on the sender's task.
+    /// The bench's own client: the request written and the answer read on the sender's task.
     Lean,
     /// hyper's client, a connection task of its own per sender.
     Hyper,
@@ -716,7 +717,7 @@ impl FloorMessages {
 pub enum FloorPublisher {
     /// Ingest's own publisher.
     Bus,
-    /// nats-server's fast-ingest batches ([`FastBatch`]).
+    /// nats-server's fast-ingest batches, one acknowledgement per batch.
     FastBatch,
 }
 
