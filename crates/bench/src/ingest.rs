@@ -202,6 +202,16 @@ struct Bodies {
 }
 
 impl Bodies {
+    /// The same templates under the run id `<run><suffix>`, so none of its webhooks repeats
+    /// one of this run's, every `bad_every`th badly signed.
+    fn under(&self, suffix: &str, bad_every: u64) -> Bodies {
+        Bodies {
+            run: format!("{}{suffix}", self.run),
+            templates: self.templates.clone(),
+            bad_every,
+        }
+    }
+
     fn body(&self, n: u64) -> String {
         let template = &self.templates[(n % self.templates.len() as u64) as usize];
         template.body(&format!("_{}_{n}", self.run))
@@ -993,8 +1003,36 @@ where
     Ok((results, phase))
 }
 
-/// Message ids stored in `stream`, with how often each is there.
-async fn stored_ids(js: &jetstream::Context, stream: &str) -> anyhow::Result<HashMap<String, u32>> {
+/// Where each stream's next message goes: a phase's check reads the streams from there, so a
+/// round is not read back again with every later one.
+#[derive(Debug, Clone, Copy)]
+struct Marks {
+    events: u64,
+    webhooks: u64,
+}
+
+impl Marks {
+    async fn now(js: &jetstream::Context) -> anyhow::Result<Self> {
+        let next = |stream: &'static str| async move {
+            let mut s = js
+                .get_stream(stream)
+                .await
+                .with_context(|| format!("stream {stream}"))?;
+            anyhow::Ok(s.info().await?.state.last_sequence + 1)
+        };
+        Ok(Marks {
+            events: next(subjects::EVENTS_STREAM).await?,
+            webhooks: next(subjects::WEBHOOKS_STREAM).await?,
+        })
+    }
+}
+
+/// Message ids stored in `stream` from sequence `from` on, with how often each is there.
+async fn stored_ids(
+    js: &jetstream::Context,
+    stream: &str,
+    from: u64,
+) -> anyhow::Result<HashMap<String, u32>> {
     let stream = js
         .get_stream(stream)
         .await
@@ -1002,6 +1040,9 @@ async fn stored_ids(js: &jetstream::Context, stream: &str) -> anyhow::Result<Has
     let mut consumer = stream
         .create_consumer(pull::OrderedConfig {
             headers_only: true,
+            deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: from,
+            },
             ..Default::default()
         })
         .await?;
@@ -1028,11 +1069,12 @@ async fn stored_ids(js: &jetstream::Context, stream: &str) -> anyhow::Result<Has
 /// Reads both streams back and checks them against the webhooks acknowledged and refused.
 async fn check(
     js: &jetstream::Context,
+    from: Marks,
     bodies: &Bodies,
     results: &[SenderResult],
 ) -> anyhow::Result<Completeness> {
-    let events = stored_ids(js, subjects::EVENTS_STREAM).await?;
-    let raw = stored_ids(js, subjects::WEBHOOKS_STREAM).await?;
+    let events = stored_ids(js, subjects::EVENTS_STREAM, from.events).await?;
+    let raw = stored_ids(js, subjects::WEBHOOKS_STREAM, from.webhooks).await?;
     let mut c = Completeness::default();
     let ids_and_digest = |n: u64| {
         let body = bodies.body(n);
@@ -1241,23 +1283,20 @@ pub async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
                 .trim_end_matches('/')
                 .to_owned();
             // Each round's bodies under a run id of its own.
-            let bodies = Arc::new(Bodies {
-                run: format!("{}{}", bodies.run, round_suffix(round)),
-                templates: bodies.templates.clone(),
-                bad_every: bodies.bad_every,
-            });
+            let bodies = Arc::new(bodies.under(&round_suffix(round), bodies.bad_every));
             let target = HttpTarget {
                 host,
                 client: a.http_client,
                 bodies: bodies.clone(),
                 secret: secret.clone(),
             };
+            let marks = Marks::now(&js).await?;
             let (results, mut phase) =
                 http_phase("ingest", &a, &monitor, t0, deadline, target).await?;
             phase.round = round;
             monitor.set_phase("check");
             eprintln!("instantchat-bench ingest: reading the streams back");
-            phase.completeness = check(&js, &bodies, &results).await?;
+            phase.completeness = check(&js, marks, &bodies, &results).await?;
             rows.extend(phase_rows(&phase, a.rate, a.rounds));
             phases.push(phase);
         }
@@ -1267,11 +1306,7 @@ pub async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
         }
         if !a.no_floor {
             // The same bodies under another run id; none badly signed (nothing verifies here).
-            let floor_bodies = Arc::new(Bodies {
-                run: format!("{}f{}", bodies.run, round_suffix(round)),
-                templates: bodies.templates.clone(),
-                bad_every: 0,
-            });
+            let floor_bodies = Arc::new(bodies.under(&format!("f{}", round_suffix(round)), 0));
             // Ingest's own publisher, on a connection of its own, without ingest's other work.
             let bus = NatsBus::connect_reader(&nats_url, "instantchat-bench-floor")
                 .await
@@ -1287,6 +1322,7 @@ pub async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
                 .threads
                 .lock()
                 .push(("messages".into(), messages.tid));
+            let marks = Marks::now(&js).await?;
             let (results, mut phase) = {
                 let messages = messages.clone();
                 run_phase(
@@ -1306,7 +1342,7 @@ pub async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
             drop(messages);
             monitor.set_phase("check");
             eprintln!("instantchat-bench ingest: reading the streams back");
-            phase.completeness = check(&js, &floor_bodies, &results).await?;
+            phase.completeness = check(&js, marks, &floor_bodies, &results).await?;
             rows.extend(phase_rows(&phase, a.rate, a.rounds));
             phase.first_failures.truncate(5);
             phases.push(phase);
@@ -1320,11 +1356,7 @@ pub async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
         let echo = HttpEcho::start().await?;
         monitor.tracked.lock().push(("http-echo".into(), echo.pid));
         // Nothing verifies there: none badly signed.
-        let http_bodies = Arc::new(Bodies {
-            run: format!("{}h", bodies.run),
-            templates: bodies.templates.clone(),
-            bad_every: 0,
-        });
+        let http_bodies = Arc::new(bodies.under("h", 0));
         let target = HttpTarget {
             host: echo.host.clone(),
             client: a.http_client,
