@@ -1,5 +1,6 @@
-//! Times `verify_signature` and `normalize` on a ~1 KB realistic messaging webhook, with no
-//! benchmark framework: `cargo bench -p instantchat-instagram` prints ns/op for each.
+//! Times `verify_signature` and `normalize` on a ~1 KB realistic messaging webhook, and both on
+//! the mix of Meta's webhooks that `instantchat-bench ingest` posts (`testdata/instagram`), with
+//! no benchmark framework: `cargo bench -p instantchat-instagram` prints ns/op for each.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -70,4 +71,47 @@ fn main() {
         black_box(ok && normalize(black_box(&body), RECEIVED).is_ok());
     });
     println!("verify + normalize      {both:>8.0} ns/op");
+
+    let mix = fixture_mix();
+    let bytes: usize = mix.iter().map(|(body, _)| body.len()).sum();
+    println!(
+        "\nthe ingest bench's mix: {} webhooks of testdata/instagram, {} bytes on average",
+        mix.len(),
+        bytes / mix.len()
+    );
+    let per_mix = ns_per_op(|| {
+        for (body, header) in &mix {
+            let ok = verify_signature(&SECRETS, Some(black_box(header)), black_box(body)).is_ok();
+            black_box(ok && normalize(black_box(body), RECEIVED).is_ok());
+        }
+    });
+    println!(
+        "verify + normalize      {:>8.0} ns per webhook (mean of the mix)",
+        per_mix / mix.len() as f64
+    );
+}
+
+/// Every webhook of `testdata/instagram` (the ingest bench's default fixtures), signed with the
+/// bench's secret.
+fn fixture_mix() -> Vec<(Vec<u8>, String)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/instagram");
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.join("manifest.json")).expect("testdata/instagram/manifest.json"),
+    )
+    .expect("the manifest is JSON");
+    manifest["fixtures"]
+        .as_array()
+        .expect("the manifest lists its fixtures")
+        .iter()
+        .map(|fixture| {
+            let file = fixture["file"].as_str().expect("a fixture names its file");
+            let body = std::fs::read(dir.join(file)).expect("a fixture's body");
+            assert!(
+                normalize(&body, RECEIVED).is_ok(),
+                "{file} does not normalize"
+            );
+            let header = sign(SECRETS[0].as_bytes(), &body);
+            (body, header)
+        })
+        .collect()
 }
