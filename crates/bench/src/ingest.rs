@@ -1272,20 +1272,25 @@ pub async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
     ];
     let mut phases = Vec::new();
 
-    for round in 1..=a.rounds {
-        if !a.floor_only {
-            let host = ingest_url
-                .as_deref()
-                .context(
-                    "--nats-url without --ingest-url: give ingest's URL, or measure --floor-only",
-                )?
-                .trim_start_matches("http://")
+    // Ingest's `HOST:PORT`, when there is an ingest phase.
+    let ingest_host = if a.floor_only {
+        None
+    } else {
+        let url = ingest_url.as_deref().context(
+            "--nats-url without --ingest-url: give ingest's URL, or measure --floor-only",
+        )?;
+        Some(
+            url.trim_start_matches("http://")
                 .trim_end_matches('/')
-                .to_owned();
+                .to_owned(),
+        )
+    };
+    for round in 1..=a.rounds {
+        if let Some(host) = &ingest_host {
             // Each round's bodies under a run id of its own.
             let bodies = Arc::new(bodies.under(&round_suffix(round), bodies.bad_every));
             let target = HttpTarget {
-                host,
+                host: host.clone(),
                 client: a.http_client,
                 bodies: bodies.clone(),
                 secret: secret.clone(),
